@@ -1,0 +1,201 @@
+"""The model bundle: the one input of everything downstream of the official checkpoints.
+
+A bundle is a folder::
+
+    bundle.json                 profile, resolution, n_latent, style_dim, architectures,
+                                face embedder, source checksums, file checksums, format version
+    generator.safetensors       StyleGAN2 generator (incl. the fixed noise buffers and FIR kernels)
+    encoder.safetensors         e4e encoder (Encoder4Editing)
+    face_embedder.safetensors   IR-SE or MobileFaceNet
+    latents.safetensors         latent_avg [n_latent, style_dim] (added to e4e codes), w_avg [style_dim]
+
+``bundle.json`` is written last, so a folder with one is complete. :func:`load` checks the
+format version and every file's SHA-256 before building the networks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from anonymixer.checkpoints import file_sha256, strict_load
+from anonymixer.networks import (
+    E4EInverter,
+    Encoder4Editing,
+    Generator,
+    build_encoder,
+    build_face_embedder,
+    build_generator,
+)
+
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+WEIGHT_FILES = ("generator", "encoder", "face_embedder", "latents")
+
+
+class BundleError(ValueError):
+    """A bundle folder that is missing, incomplete, corrupted or too new."""
+
+
+@dataclass
+class Bundle:
+    """Ready-to-run networks of a bundle, in eval mode with gradients switched off."""
+
+    config: dict[str, Any]
+    generator: Generator
+    encoder: E4EInverter  # image → W+ (latent_avg included)
+    face_embedder: nn.Module  # [3, 112, 112] in [-1, 1] → L2-normalised embedding
+    w_avg: torch.Tensor  # [style_dim], the truncation centre
+    path: Path | None = None
+
+    @property
+    def resolution(self) -> int:
+        return int(self.config["resolution"])
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.config["n_latent"])
+
+    @property
+    def style_dim(self) -> int:
+        return int(self.config["style_dim"])
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.config["face_embedder"]["embedding_size"])
+
+    def to(self, device: torch.device | str) -> Bundle:
+        for module in (self.generator, self.encoder, self.face_embedder):
+            module.to(device)
+        self.w_avg = self.w_avg.to(device)
+        return self
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    return module.eval().requires_grad_(False)
+
+
+def save(
+    out_dir: str | Path,
+    *,
+    profile: str,
+    generator: Generator,
+    generator_arch: dict[str, Any],
+    encoder: Encoder4Editing,
+    encoder_arch: dict[str, Any],
+    latent_avg: torch.Tensor,
+    w_avg: torch.Tensor,
+    face_embedder: nn.Module,
+    face_embedder_arch: dict[str, Any],
+    sources: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle folder; refuses to replace an existing bundle unless ``overwrite``."""
+    out = Path(out_dir)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise BundleError(f"{out} already holds a bundle (pass overwrite/--force to replace it)")
+    if tuple(latent_avg.shape) != (generator.n_latent, generator.style_dim):
+        raise BundleError(
+            f"latent_avg must be [{generator.n_latent}, {generator.style_dim}], got {list(latent_avg.shape)}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    tensors = {
+        "generator": generator.state_dict(),
+        "encoder": encoder.state_dict(),
+        "face_embedder": face_embedder.state_dict(),
+        "latents": {"latent_avg": latent_avg.float(), "w_avg": w_avg.float()},
+    }
+    files = {}
+    for name in WEIGHT_FILES:
+        path = out / f"{name}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors[name].items()}, path)
+        files[path.name] = file_sha256(path)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "profile": profile,
+        "resolution": generator.size,
+        "n_latent": generator.n_latent,
+        "style_dim": generator.style_dim,
+        "generator": generator_arch,
+        "encoder": encoder_arch,
+        "face_embedder": face_embedder_arch,
+        "sources": sources,
+        "files": files,
+    }
+    (out / MANIFEST).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def read_config(bundle_dir: str | Path) -> dict[str, Any]:
+    """``bundle.json`` of a folder, checked for presence and format version."""
+    root = Path(bundle_dir)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{root}: not a model bundle (no {MANIFEST}); build one with `python -m exporter bundle`")
+    try:
+        config = json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest}: not valid JSON ({exc})") from exc
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{manifest}: no integer format_version")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{root}: bundle format version {version} is newer than this anonymixer supports ({FORMAT_VERSION}); "
+            "upgrade anonymixer or rebuild the bundle with this version"
+        )
+    return config
+
+
+def verify_files(bundle_dir: str | Path, config: dict[str, Any]) -> None:
+    root = Path(bundle_dir)
+    for name in WEIGHT_FILES:
+        fname = f"{name}.safetensors"
+        path = root / fname
+        if not path.is_file():
+            raise BundleError(f"{root}: missing {fname}")
+        expected = config.get("files", {}).get(fname)
+        actual = file_sha256(path)
+        if expected != actual:
+            raise BundleError(
+                f"{path}: SHA-256 {actual} does not match bundle.json ({expected}); "
+                "the file is corrupted or was replaced"
+            )
+
+
+def load(bundle_dir: str | Path, device: torch.device | str = "cpu", *, verify: bool = True) -> Bundle:
+    """Build the bundle's networks on ``device`` (eval mode, ``requires_grad`` off)."""
+    root = Path(bundle_dir)
+    config = read_config(root)
+    if verify:
+        verify_files(root, config)
+
+    def weights(name: str) -> dict[str, torch.Tensor]:
+        path = root / f"{name}.safetensors"
+        if not path.is_file():
+            raise BundleError(f"{root}: missing {path.name}")
+        return load_file(path)
+
+    generator = build_generator(config["generator"])
+    strict_load(generator, weights("generator"), f"{root} generator")
+    encoder = build_encoder(config["encoder"])
+    strict_load(encoder, weights("encoder"), f"{root} encoder")
+    embedder = build_face_embedder(config["face_embedder"])
+    strict_load(embedder, weights("face_embedder"), f"{root} face_embedder")
+    latents = weights("latents")
+    bundle = Bundle(
+        config=config,
+        generator=_frozen(generator),
+        encoder=_frozen(E4EInverter(encoder, latents["latent_avg"])),
+        face_embedder=_frozen(embedder),
+        w_avg=latents["w_avg"],
+        path=root,
+    )
+    return bundle.to(device)

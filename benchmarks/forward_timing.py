@@ -1,0 +1,91 @@
+"""Wall time of single forward passes of the bundle networks, on the CPU (or CUDA with --device).
+
+Measures the ``tiny`` profile's networks and the full-size official architectures with seeded
+random weights (StyleGAN2 config-f 1024 synthesis and mapping, e4e at 256, IR-SE50 at 112).
+Writes ``benchmarks/results/forward_<device>.json`` and prints a table.
+
+    python -m benchmarks.forward_timing [--device cpu|cuda] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from anonymixer import profiles
+from anonymixer.networks import (
+    Encoder4Editing,
+    Generator,
+    IRSEBackbone,
+    build_encoder,
+    build_face_embedder,
+    build_generator,
+)
+from anonymixer.seeded_init import seeded_init_
+from benchmarks.machine import describe
+
+
+def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> dict[str, float]:
+    fn()  # warm-up (allocations, kernels, autotuning)
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    dev = args.device
+
+    tiny_g = seeded_init_(build_generator(profiles.TINY_GENERATOR), 0).eval().to(dev)
+    tiny_e = seeded_init_(build_encoder(profiles.TINY_ENCODER), 0).eval().to(dev)
+    tiny_f = seeded_init_(build_face_embedder(profiles.TINY_FACE_EMBEDDER), 0).eval().to(dev)
+    full_g = seeded_init_(Generator(1024), 0).eval().to(dev)
+    full_e = seeded_init_(Encoder4Editing(), 0).eval().to(dev)
+    full_f = seeded_init_(IRSEBackbone(), 0).eval().to(dev)
+
+    cases: dict[str, Callable[[], torch.Tensor]] = {}
+    for b in (1, 4):
+        cases[f"tiny synthesis 64px, batch {b}"] = lambda b=b: tiny_g.synthesis(torch.randn(b, 10, 64, device=dev))
+        cases[f"tiny e4e 64px, batch {b}"] = lambda b=b: tiny_e(torch.randn(b, 3, 64, 64, device=dev))
+        cases[f"tiny IR-SE 112px, batch {b}"] = lambda b=b: tiny_f(torch.randn(b, 3, 112, 112, device=dev))
+    cases["StyleGAN2 config-f mapping, batch 1"] = lambda: full_g.mapping(torch.randn(1, 512, device=dev))
+    cases["StyleGAN2 config-f synthesis 1024px, batch 1"] = lambda: full_g.synthesis(
+        torch.randn(1, 18, 512, device=dev)
+    )
+    cases["StyleGAN2 config-f synthesis to 256px, batch 1"] = lambda: full_g.synthesis(
+        torch.randn(1, 18, 512, device=dev), resolution=256
+    )
+    cases["e4e (IR-SE50) 256px, batch 1"] = lambda: full_e(torch.randn(1, 3, 256, 256, device=dev))
+    cases["IR-SE50 112px, batch 1"] = lambda: full_f(torch.randn(1, 3, 112, 112, device=dev))
+
+    results = {}
+    for name, fn in cases.items():
+        results[name] = timed(fn, args.repeats, dev)
+        print(f"{name:50s} {results[name]['median_s'] * 1000:10.1f} ms (median of {args.repeats})", flush=True)
+    record = {"benchmark": "forward_timing", "device": dev, "machine": describe(), "results": results}
+    out = Path(args.out) / f"forward_{dev}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

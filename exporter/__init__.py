@@ -1,0 +1,1 @@
+"""Official checkpoints → model bundle → ONNX → TensorRT → Triton model repository."""

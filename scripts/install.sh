@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates the virtual environment (default .venv) and installs the server side with its test and
+# demo extras. torch comes first: the CPU build where no NVIDIA GPU is present (a plain PyPI
+# `torch` is the multi-GB CUDA build), the default build where one is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-.venv}
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=2.13.0
+
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "Python >= 3.11 is required ($PYTHON is $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    if ls /opt/wheels/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
+        "${PIP[@]}" --find-links /opt/wheels "torch==$TORCH_VERSION"          # local wheel cache
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        "${PIP[@]}" "torch==$TORCH_VERSION"                                   # CUDA build
+    else
+        "${PIP[@]}" --index-url https://download.pytorch.org/whl/cpu "torch==$TORCH_VERSION" \
+            || "${PIP[@]}" "torch==$TORCH_VERSION"                            # CPU build, else default
+    fi
+fi
+"${PIP[@]}" -e ".[test,demo]"
+echo "installed into $VENV: $("$VENV/bin/python" -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)')"

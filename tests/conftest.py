@@ -1,0 +1,38 @@
+"""Shared test set-up: where ../shared is, the tiny bundle, and the gpu marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ANONYMIXER_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+FACES = SHARED / "data" / "faces"
+MOBILEFACENET = SHARED / "weights" / "mobilefacenet" / "mobilefacenet.pt"
+
+
+def need(path: Path) -> Path:
+    """Skip the calling test, with a reason, when a file of ../shared is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared holds the reference fixtures, weights and faces)")
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from anonymixer import profiles
+
+    return profiles.build_tiny(tmp_path_factory.mktemp("bundle") / "tiny")
