@@ -81,8 +81,7 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module.eval().requires_grad_(False)
 
 
-def save(
-    out_dir: str | Path,
+def make(
     *,
     profile: str,
     generator: Generator,
@@ -94,29 +93,12 @@ def save(
     face_embedder: nn.Module,
     face_embedder_arch: dict[str, Any],
     sources: dict[str, Any],
-    overwrite: bool = False,
-) -> Path:
-    """Write a bundle folder; refuses to replace an existing bundle unless ``overwrite``."""
-    out = Path(out_dir)
-    if (out / MANIFEST).exists() and not overwrite:
-        raise BundleError(f"{out} already holds a bundle (pass overwrite/--force to replace it)")
+) -> Bundle:
+    """An in-memory bundle from its networks (what :func:`save` writes and :func:`load` returns)."""
     if tuple(latent_avg.shape) != (generator.n_latent, generator.style_dim):
         raise BundleError(
             f"latent_avg must be [{generator.n_latent}, {generator.style_dim}], got {list(latent_avg.shape)}"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-    tensors = {
-        "generator": generator.state_dict(),
-        "encoder": encoder.state_dict(),
-        "face_embedder": face_embedder.state_dict(),
-        "latents": {"latent_avg": latent_avg.float(), "w_avg": w_avg.float()},
-    }
-    files = {}
-    for name in WEIGHT_FILES:
-        path = out / f"{name}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors[name].items()}, path)
-        files[path.name] = file_sha256(path)
     config = {
         "format_version": FORMAT_VERSION,
         "profile": profile,
@@ -127,8 +109,35 @@ def save(
         "encoder": encoder_arch,
         "face_embedder": face_embedder_arch,
         "sources": sources,
-        "files": files,
     }
+    return Bundle(
+        config=config,
+        generator=_frozen(generator),
+        encoder=_frozen(E4EInverter(encoder, latent_avg.float())),
+        face_embedder=_frozen(face_embedder),
+        w_avg=w_avg.float(),
+    )
+
+
+def save(model: Bundle, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a bundle folder; refuses to replace an existing bundle unless ``overwrite``."""
+    out = Path(out_dir)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise BundleError(f"{out} already holds a bundle (pass overwrite/--force to replace it)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    tensors = {
+        "generator": model.generator.state_dict(),
+        "encoder": model.encoder.encoder.state_dict(),
+        "face_embedder": model.face_embedder.state_dict(),
+        "latents": {"latent_avg": model.encoder.latent_avg, "w_avg": model.w_avg},
+    }
+    files = {}
+    for name in WEIGHT_FILES:
+        path = out / f"{name}.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors[name].items()}, path)
+        files[path.name] = file_sha256(path)
+    config = {**model.config, "files": files}
     (out / MANIFEST).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
@@ -190,7 +199,7 @@ def load(bundle_dir: str | Path, device: torch.device | str = "cpu", *, verify: 
     embedder = build_face_embedder(config["face_embedder"])
     strict_load(embedder, weights("face_embedder"), f"{root} face_embedder")
     latents = weights("latents")
-    bundle = Bundle(
+    model = Bundle(
         config=config,
         generator=_frozen(generator),
         encoder=_frozen(E4EInverter(encoder, latents["latent_avg"])),
@@ -198,4 +207,4 @@ def load(bundle_dir: str | Path, device: torch.device | str = "cpu", *, verify: 
         w_avg=latents["w_avg"],
         path=root,
     )
-    return bundle.to(device)
+    return model.to(device)

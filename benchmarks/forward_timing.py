@@ -19,15 +19,6 @@ from pathlib import Path
 import torch
 
 from anonymixer import profiles
-from anonymixer.networks import (
-    Encoder4Editing,
-    Generator,
-    IRSEBackbone,
-    build_encoder,
-    build_face_embedder,
-    build_generator,
-)
-from anonymixer.seeded_init import seeded_init_
 from benchmarks.machine import describe
 
 
@@ -54,12 +45,10 @@ def main() -> None:
     args = parser.parse_args()
     dev = args.device
 
-    tiny_g = seeded_init_(build_generator(profiles.TINY_GENERATOR), 0).eval().to(dev)
-    tiny_e = seeded_init_(build_encoder(profiles.TINY_ENCODER), 0).eval().to(dev)
-    tiny_f = seeded_init_(build_face_embedder(profiles.TINY_FACE_EMBEDDER), 0).eval().to(dev)
-    full_g = seeded_init_(Generator(1024), 0).eval().to(dev)
-    full_e = seeded_init_(Encoder4Editing(), 0).eval().to(dev)
-    full_f = seeded_init_(IRSEBackbone(), 0).eval().to(dev)
+    tiny = profiles.random_bundle("tiny").to(dev)
+    full = profiles.random_bundle("ffhq1024").to(dev)
+    tiny_g, tiny_e, tiny_f = tiny.generator, tiny.encoder, tiny.face_embedder
+    full_g, full_e, full_f = full.generator, full.encoder, full.face_embedder
 
     cases: dict[str, Callable[[], torch.Tensor]] = {}
     for b in (1, 4):

@@ -6,23 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from anonymixer import profiles
+from anonymixer import bundle, profiles
 from anonymixer.bundle import BundleError
 from anonymixer.checkpoints import CheckpointError
 from exporter.download import DEFAULT_FILES, OFFICIAL_FILES, DownloadError, download_file
 
 
 def _bundle(args: argparse.Namespace) -> None:
-    if args.profile == "ffhq1024":
+    if args.profile == "ffhq1024" and not args.random_weights:
         if not args.e4e or not args.fr:
             raise SystemExit(
-                "--profile ffhq1024 needs --e4e PATH (e4e_ffhq_encode.pt) and --fr PATH (model_ir_se50.pth)"
+                "--profile ffhq1024 needs --e4e PATH (e4e_ffhq_encode.pt) and --fr PATH (model_ir_se50.pth), "
+                "or --random-weights"
             )
         out = profiles.build_ffhq1024(args.out, e4e=args.e4e, fr=args.fr, overwrite=args.force)
     else:
         if args.e4e:
-            raise SystemExit("--profile tiny uses seeded random weights; --e4e is for --profile ffhq1024")
-        out = profiles.build_tiny(args.out, seed=args.seed, fr=args.fr, overwrite=args.force)
+            raise SystemExit("--e4e is for the official ffhq1024 bundle; random-weight bundles take only --fr")
+        model = profiles.random_bundle(args.profile, seed=args.seed, fr=args.fr)
+        out = bundle.save(model, args.out, overwrite=args.force)
     print(f"bundle written to {out}")
 
 
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--e4e", help="e4e_ffhq_encode.pt (ffhq1024)")
     b.add_argument("--fr", help="face recognition checkpoint: model_ir_se50.pth or mobilefacenet.pt")
-    b.add_argument("--seed", type=int, default=0, help="seed of the tiny profile's random weights (default 0)")
+    b.add_argument("--random-weights", action="store_true", help="ffhq1024 shapes with seeded random weights")
+    b.add_argument("--seed", type=int, default=0, help="seed of random weights (tiny, --random-weights; default 0)")
     b.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     b.set_defaults(run=_bundle)
 

@@ -23,9 +23,10 @@ from tests.test_fixture_parity import TOL, official_file, rel_err
 @torch.no_grad()
 def test_tiny_round_trip_gives_identical_outputs(tiny_bundle_dir: Path) -> None:
     """The loaded bundle computes exactly what the freshly initialised networks compute."""
-    gen = seeded_init_(build_generator(profiles.TINY_GENERATOR), 0, "generator.").eval()
-    enc = seeded_init_(build_encoder(profiles.TINY_ENCODER), 0, "encoder.").eval()
-    fr = seeded_init_(build_face_embedder(profiles.TINY_FACE_EMBEDDER), 0, "face_embedder.").eval()
+    arch = profiles.ARCHITECTURES["tiny"]
+    gen = seeded_init_(build_generator(arch["generator"]), 0, "generator.").eval()
+    enc = seeded_init_(build_encoder(arch["encoder"]), 0, "encoder.").eval()
+    fr = seeded_init_(build_face_embedder(arch["face_embedder"]), 0, "face_embedder.").eval()
     model = bundle.load(tiny_bundle_dir)
     assert (model.resolution, model.n_latent, model.style_dim, model.embedding_size) == (64, 10, 64, 128)
     x = torch.rand(2, 3, 64, 64) * 2 - 1

@@ -12,7 +12,7 @@ import torch
 from anonymixer import bundle
 from anonymixer.checkpoints import CheckpointError, load_checkpoint
 from anonymixer.networks import build_generator
-from anonymixer.profiles import TINY_GENERATOR
+from anonymixer.profiles import ARCHITECTURES
 from anonymixer.seeded_init import seeded_init_
 from tests.conftest import MOBILEFACENET, need
 
@@ -28,7 +28,7 @@ class _Payload:
 
 
 def tiny_generator_state() -> dict[str, torch.Tensor]:
-    return seeded_init_(build_generator(TINY_GENERATOR), seed=5).state_dict()
+    return seeded_init_(build_generator(ARCHITECTURES["tiny"]["generator"]), seed=5).state_dict()
 
 
 def test_code_carrying_pickle_is_refused_without_running(tmp_path: Path) -> None:
