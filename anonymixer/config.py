@@ -1,0 +1,67 @@
+"""The algorithm's settings: one dataclass with the documented defaults (DESIGN §5).
+
+A bundle may override any of them in the ``"algorithm"`` object of its ``bundle.json``; the
+Triton model passes its ``config.pbtxt`` parameters through :meth:`ProtectConfig.from_dict` too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from anonymixer.augment import MAX_VIEWS
+from anonymixer.losses import ATTRIBUTE_LOSSES
+from anonymixer.mixing import MIX_MODES
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    mix_mode: str = "paper"  # "paper" | "reference" (see anonymixer.mixing)
+    identity_layers: tuple[int, int] = (3, 8)  # W+ rows [start, stop) that carry identity
+    truncation_psi: float = 0.7  # w_key = w_avg + ψ·(mapping(z) − w_avg)
+    steps: int = 50  # Adam steps per request (STEPS may lower or raise it up to max_steps)
+    max_steps: int = 500
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    lr_milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the steps (37 and 45 of 50)
+    lr_gamma: float = 0.8
+    anonymity_weight: float = 10.0
+    attribute_weight: float = 0.15
+    consistency_weight: float = 10.0
+    anonymity_margin: float = 0.0  # m in |cos(e(y), e(x)) − m|
+    views: int = 5  # augmented views for a photo alone in its group (0–8); each costs one item
+    attribute_loss: str = "e4e"  # "e4e" (no extra weights) | "farl" (needs farl_checkpoint)
+    farl_checkpoint: str | None = None
+    loss_resolution: int | None = None  # render the losses' images at this size (None: full)
+    precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mix_mode not in MIX_MODES:
+            problems.append(f"mix_mode must be one of {MIX_MODES}")
+        if self.attribute_loss not in ATTRIBUTE_LOSSES:
+            problems.append(f"attribute_loss must be one of {ATTRIBUTE_LOSSES}")
+        if self.attribute_loss == "farl" and not self.farl_checkpoint:
+            problems.append("attribute_loss 'farl' needs farl_checkpoint")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}")
+        if not 0 <= self.views <= MAX_VIEWS:
+            problems.append(f"views must be in [0, {MAX_VIEWS}]")
+        if not 0 <= self.steps <= self.max_steps:
+            problems.append(f"steps must be in [0, max_steps={self.max_steps}]")
+        if self.lr <= 0 or not 0 < self.lr_gamma <= 1:
+            problems.append("lr must be > 0 and lr_gamma in (0, 1]")
+        if problems:
+            raise ValueError("invalid protect config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ProtectConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown protect config key(s) {unknown}; known: {sorted(known)}")
+        tuples = {"identity_layers", "betas", "lr_milestones"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in values.items()})

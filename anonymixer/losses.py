@@ -1,0 +1,95 @@
+"""The three refinement losses (DESIGN §5), per item so that a batch is a sum of independent problems.
+
+* anonymity ``|cos(e(y), e(x)) − m|`` — far from the original identity;
+* identity consistency — the mean pairwise L2 distance of embeddings within a group (all photos
+  of one person under one key should become one new identity), summed over groups;
+* attribute preservation — pluggable (:data:`ATTRIBUTE_LOSSES`).
+
+Both images are RGB in [-1, 1]; ``x`` is the aligned original at :data:`ALIGNED_SIZE`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anonymixer.networks.e4e import Encoder4Editing
+
+ALIGNED_SIZE = 256  # the e4e/pSp alignment: originals arrive at this size
+FR_CROP_ROWS = (35, 223)  # the pSp/e4e convention for FR on a 256 px generated face
+FR_CROP_COLS = (32, 220)
+FR_SIZE = 112
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square resize: area averaging when shrinking (exact for integer factors), bilinear when growing."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    if images.shape[-1] > size:
+        return F.adaptive_avg_pool2d(images, size)
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def fr_crop(images: torch.Tensor) -> torch.Tensor:
+    """Generated (or 256-aligned) faces → the 112 px FR input: resize 256, crop 35:223 × 32:220, pool."""
+    x = resize(images, ALIGNED_SIZE)
+    x = x[:, :, FR_CROP_ROWS[0] : FR_CROP_ROWS[1], FR_CROP_COLS[0] : FR_CROP_COLS[1]]
+    return F.adaptive_avg_pool2d(x, FR_SIZE)
+
+
+def anonymity_loss(e_y: torch.Tensor, e_x: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Per item ``|cos(e(y), e(x)) − m|`` for L2-normalised embeddings [B, D]."""
+    return ((e_y * e_x).sum(dim=1) - margin).abs()
+
+
+def group_consistency_loss(e_y: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Σ over groups of the mean ‖e_i − e_j‖₂ over the pairs i < j of the group (a scalar).
+
+    Segment-wise through a [B, B] pair mask: no loop over items. Groups of one contribute zero,
+    so items in different groups stay independent problems.
+    """
+    b = e_y.shape[0]
+    same = groups[:, None] == groups[None, :]
+    pairs = same & torch.ones(b, b, dtype=torch.bool, device=e_y.device).triu(1)
+    if not bool(pairs.any()):
+        return e_y.new_zeros(())
+    sq = (e_y[:, None, :] - e_y[None, :, :]).pow(2).sum(-1)
+    # clamp keeps the gradient finite where two embeddings coincide (views start from one mix)
+    dist = sq.clamp_min(1e-12).sqrt()
+    size = same.sum(dim=1).to(e_y.dtype)  # group size of item i
+    weight = 2.0 / (size * (size - 1)).clamp_min(1.0)  # 1 / (number of pairs in i's group)
+    return (dist * weight[:, None] * pairs).sum()
+
+
+class AttributeLoss(Protocol):
+    """Attribute preservation: ``targets`` once per batch (no gradient), then a per-item loss."""
+
+    def targets(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def __call__(self, y: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor: ...
+
+
+class E4EFeatureLoss(nn.Module):
+    """Default attribute loss, no extra weights: L1 over the e4e encoder's three feature maps
+    (1/4, 1/8, 1/16 of its input) plus a low-resolution pixel L1 (colour, light, background)."""
+
+    def __init__(self, encoder: Encoder4Editing, pixel_size: int = 64) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pixel_size = min(pixel_size, encoder.input_size)
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [*self.encoder.features(resize(images, self.encoder.input_size)), resize(images, self.pixel_size)]
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._features(x)
+
+    def forward(self, y: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        return sum((f - t).abs().flatten(1).mean(dim=1) for f, t in zip(self._features(y), targets, strict=True))
+
+
+ATTRIBUTE_LOSSES = ("e4e", "farl")

@@ -1,0 +1,190 @@
+"""``Protector``: aligned faces + keys → protected faces and their templates (the core's public API).
+
+    protector = Protector(bundle.load("build/bundles/tiny"))
+    faces = protector.protect([aligned_rgb_uint8, ...], key=b"secret", groups=None, steps=None)
+
+Per request: validate → invert every face (and the augmented views of faces alone in their group)
+with e4e → derive each key's latent → mix → refine all items in one batch → render at full
+resolution → template = FR(crop(protected)), ORIGINAL_SIMILARITY = cos(template, FR(original)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from anonymixer.augment import augmented_views, view_params
+from anonymixer.bundle import Bundle
+from anonymixer.config import ProtectConfig
+from anonymixer.images import to_uint8
+from anonymixer.keys import SecretKey, key_latents
+from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, fr_crop, resize
+from anonymixer.mixing import mix_latents
+from anonymixer.refine import StepCallback, refine_latents
+
+KeyLike = SecretKey | bytes | bytearray | str
+
+
+@dataclass
+class ProtectedFace:
+    image: np.ndarray  # uint8 [R, R, 3], the protected face at the generator's resolution
+    template: np.ndarray  # float32 [D], L2-normalised FR embedding of the protected face
+    original_similarity: float  # cos(template, embedding of the original): the privacy gauge
+    loss_trace: list[float] = field(default_factory=list)  # anonymity + attribute loss per step
+    steps: int = 0
+
+
+def check_image(image: object, index: int) -> np.ndarray:
+    """An aligned face: uint8 [H, W, 3], square. Raises ValueError naming the item."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image {index}: expected a numpy uint8 array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image {index}: dtype must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: shape must be [H, W, 3] (RGB), got {list(image.shape)}")
+    if image.shape[0] != image.shape[1] or image.shape[0] < 16:
+        raise ValueError(f"image {index}: an aligned face must be square and at least 16 px, got {list(image.shape)}")
+    return image
+
+
+def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 HWC → [3, 256, 256] in [-1, 1] (the e4e alignment size)."""
+    x = torch.tensor(image, device=device).permute(2, 0, 1).float() / 127.5 - 1
+    return resize(x[None], ALIGNED_SIZE)[0]
+
+
+def build_attribute_loss(config: ProtectConfig, model: Bundle) -> AttributeLoss:
+    if config.attribute_loss == "farl":
+        from anonymixer.farl import FaRLTokenLoss
+
+        assert config.farl_checkpoint is not None
+        return FaRLTokenLoss.from_checkpoint(config.farl_checkpoint, device=model.w_avg.device)
+    return E4EFeatureLoss(model.encoder.encoder)
+
+
+class Protector:
+    """Runs the whole algorithm on one device. Not thread-safe: one call at a time per instance."""
+
+    def __init__(self, model: Bundle, config: ProtectConfig | None = None, *, salt: bytes = b"") -> None:
+        self.model = model
+        self.config = config or ProtectConfig.from_dict(model.config.get("algorithm", {}))
+        self.salt = salt
+        self.device = model.w_avg.device
+        self.attribute_loss = build_attribute_loss(self.config, model)
+
+    def _keys(self, key: KeyLike | Sequence[KeyLike], n: int) -> list[SecretKey]:
+        if isinstance(key, (SecretKey, bytes, bytearray, str)):
+            key = [key] * n
+        keys = list(key)
+        if len(keys) != n:
+            raise ValueError(f"got {n} images but {len(keys)} keys (give one key, or one per image)")
+        out = []
+        for i, k in enumerate(keys):
+            try:
+                out.append(SecretKey.of(k))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"key {i}: {exc}") from None
+        return out
+
+    def _groups(self, groups: Sequence[int] | None, keys: list[SecretKey]) -> list[int]:
+        n = len(keys)
+        if groups is None:
+            return list(range(n))
+        groups = list(groups)
+        if len(groups) != n:
+            raise ValueError(f"got {n} images but {len(groups)} groups")
+        first: dict[int, int] = {}
+        for i, g in enumerate(groups):
+            if not isinstance(g, (int, np.integer)) or isinstance(g, bool):
+                raise ValueError(f"group {i}: must be an integer, got {type(g).__name__}")
+            j = first.setdefault(int(g), i)
+            if keys[j] != keys[i]:
+                raise ValueError(
+                    f"items {j} and {i} share group {g} but not their key (a group is one person, one key)"
+                )
+        return [int(g) for g in groups]
+
+    @torch.no_grad()
+    def template(self, image: np.ndarray) -> np.ndarray:
+        """FR template of an aligned face (uint8 [H, W, 3]) with the same crop the losses use."""
+        x = image_tensor(check_image(image, 0), self.device)[None]
+        return self.model.face_embedder(fr_crop(x))[0].float().cpu().numpy()
+
+    def protect(
+        self,
+        images: Sequence[np.ndarray],
+        key: KeyLike | Sequence[KeyLike],
+        *,
+        groups: Sequence[int] | None = None,
+        steps: int | None = None,
+        on_step: StepCallback | None = None,
+    ) -> list[ProtectedFace]:
+        images = list(images)
+        if not images:
+            raise ValueError("no images given")
+        originals = [check_image(im, i) for i, im in enumerate(images)]
+        keys = self._keys(key, len(originals))
+        group_ids = self._groups(groups, keys)
+        if steps is None:
+            steps = self.config.steps
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, (int, np.integer))
+            or not 0 <= steps <= self.config.max_steps
+        ):
+            raise ValueError(f"steps must be an integer in [0, {self.config.max_steps}], got {steps!r}")
+
+        n = len(originals)
+        x = torch.stack([image_tensor(im, self.device) for im in originals])
+        # A face alone in its group gets augmented views that join it as one group. As in the
+        # reference code, every view starts from the face's own mix; the views differ only in the
+        # image their anonymity and attribute losses compare against.
+        sizes = {g: group_ids.count(g) for g in group_ids}
+        view_x, source = [], list(range(n))
+        for i, image in enumerate(originals):
+            if sizes[group_ids[i]] == 1 and self.config.views:
+                views = augmented_views(x[i], view_params(keys[i], image, self.config.views))
+                view_x.append(views)
+                source += [i] * len(views)
+        all_x = torch.cat([x, *view_x])
+        index = torch.tensor(source, device=self.device)
+        _, inverse = np.unique(np.asarray([group_ids[i] for i in source]), return_inverse=True)
+        all_groups = torch.from_numpy(inverse.astype(np.int64)).to(self.device)
+
+        model = self.model
+        with torch.no_grad():
+            w_real = model.encoder(resize(x, model.encoder.encoder.input_size))[index]
+            w_key = key_latents(keys, model.generator, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
+        mix = mix_latents(w_real, w_key[index], self.config.mix_mode, self.config.identity_layers)
+        result = refine_latents(
+            mix,
+            all_x,
+            all_groups,
+            generator=model.generator,
+            face_embedder=model.face_embedder,
+            attribute_loss=self.attribute_loss,
+            config=self.config,
+            steps=int(steps),
+            on_step=on_step,
+        )
+        with torch.no_grad():
+            w_final = mix.assemble(result.trainable)[:n]
+            protected = model.generator.synthesis(w_final)
+            templates = model.face_embedder(fr_crop(protected)).float()
+            originals_emb = model.face_embedder(fr_crop(x)).float()
+            similarity = (templates * originals_emb).sum(dim=1)
+        pictures = to_uint8(protected)
+        traces = result.loss_trace[:, :n].T.cpu().tolist()
+        return [
+            ProtectedFace(
+                image=pictures[i],
+                template=templates[i].cpu().numpy(),
+                original_similarity=float(similarity[i]),
+                loss_trace=traces[i],
+                steps=result.steps_run,
+            )
+            for i in range(n)
+        ]

@@ -1,0 +1,110 @@
+"""The batched refinement loop (DESIGN §5, "Refinement" and "Batching").
+
+One Adam over the trainable rows of the whole batch, a [B, k, d] parameter. Adam is element-wise
+and the loss is a sum of per-item terms plus per-group terms, so this is exactly B independent
+optimisations (one per group) run together. Network weights are frozen; only the latent gets
+gradients. The learning rate drops by γ at the given fractions of the steps (MultiStepLR,
+stepped every iteration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anonymixer.config import ProtectConfig
+from anonymixer.losses import AttributeLoss, anonymity_loss, fr_crop, group_consistency_loss
+from anonymixer.mixing import Mix
+from anonymixer.networks.stylegan2 import Generator
+
+# Called after every step with (step index, per-item cos(e(y), e(x))); returning False stops early.
+StepCallback = Callable[[int, torch.Tensor], bool | None]
+
+
+@dataclass
+class RefineResult:
+    trainable: torch.Tensor  # [B, k, d], the refined rows
+    loss_trace: torch.Tensor  # [steps_run, B]: each item's anonymity + attribute loss per step
+    cosine_trace: torch.Tensor  # [steps_run, B]: cos(e(y), e(x)) per step
+    group_trace: torch.Tensor  # [steps_run]: the weighted group-consistency term
+    steps_run: int
+    cancelled: bool
+
+
+@contextlib.contextmanager
+def precision_context(device: torch.device, precision: str) -> Iterator[None]:
+    """bf16 autocast / TF32 matmuls on CUDA; a no-op on the CPU (always fp32 there)."""
+    if device.type != "cuda" or precision == "fp32":
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def milestones(steps: int, fractions: tuple[float, ...]) -> list[int]:
+    return [int(f * steps) for f in fractions]
+
+
+def refine_latents(
+    mix: Mix,
+    x: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    generator: Generator,
+    face_embedder: nn.Module,
+    attribute_loss: AttributeLoss,
+    config: ProtectConfig,
+    steps: int,
+    on_step: StepCallback | None = None,
+) -> RefineResult:
+    """Refine the trainable rows of ``mix`` for the aligned originals ``x`` [B, 3, 256, 256].
+
+    ``groups`` [B] (int64) marks the items that are one person under one key.
+    """
+    device = x.device
+    with torch.no_grad():
+        e_x = face_embedder(fr_crop(x)).float()
+        targets = attribute_loss.targets(x)
+    param = mix.trainable.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([param], lr=config.lr, betas=config.betas, eps=config.adam_eps)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(
+        optimiser, milestones=milestones(steps, config.lr_milestones), gamma=config.lr_gamma
+    )
+    loss_trace, cos_trace, group_trace = [], [], []
+    cancelled = False
+    for step in range(steps):
+        with precision_context(device, config.precision):
+            y = generator.synthesis(mix.assemble(param), resolution=config.loss_resolution)
+            e_y = face_embedder(fr_crop(y)).float()
+            cos = (e_y * e_x).sum(dim=1)
+            per_item = config.anonymity_weight * anonymity_loss(e_y, e_x, config.anonymity_margin)
+            per_item = per_item + config.attribute_weight * attribute_loss(y, targets).float()
+            group_term = config.consistency_weight * group_consistency_loss(e_y, groups)
+        optimiser.zero_grad(set_to_none=True)
+        (per_item.sum() + group_term).backward()
+        optimiser.step()
+        schedule.step()
+        loss_trace.append(per_item.detach())
+        cos_trace.append(cos.detach())
+        group_trace.append(group_term.detach())
+        if on_step is not None and on_step(step, cos.detach()) is False:
+            cancelled = True
+            break
+    b = x.shape[0]
+    return RefineResult(
+        trainable=param.detach(),
+        loss_trace=torch.stack(loss_trace) if loss_trace else x.new_zeros((0, b)),
+        cosine_trace=torch.stack(cos_trace) if cos_trace else x.new_zeros((0, b)),
+        group_trace=torch.stack(group_trace) if group_trace else x.new_zeros((0,)),
+        steps_run=len(loss_trace),
+        cancelled=cancelled,
+    )

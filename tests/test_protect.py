@@ -1,0 +1,220 @@
+"""The algorithm end to end on the tiny bundle (CPU): reproducible, key-bound, and it optimises."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anonymixer import bundle, profiles
+from anonymixer.config import ProtectConfig
+from anonymixer.images import to_uint8
+from anonymixer.keys import SecretKey, key_latents
+from anonymixer.losses import E4EFeatureLoss, resize
+from anonymixer.mixing import mix_latents
+from anonymixer.protect import Protector, image_tensor
+from anonymixer.refine import refine_latents
+from tests.conftest import MOBILEFACENET, REPO, need
+
+
+def faces(n: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:
+    """Smooth seeded colour images (the tiny networks are random: any picture will do)."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        low = torch.from_numpy(rng.uniform(0, 255, (1, 3, 8, 8))).float()
+        up = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+        out.append(up[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy())
+    return out
+
+
+@pytest.fixture(scope="module")
+def protector(tiny_bundle_dir: Path) -> Protector:
+    return Protector(bundle.load(tiny_bundle_dir), ProtectConfig(views=0))
+
+
+def digest(results) -> str:
+    h = hashlib.sha256()
+    for r in results:
+        h.update(r.image.tobytes())
+        h.update(r.template.astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+RUN_IN_SUBPROCESS = """
+import sys
+from anonymixer import bundle
+from anonymixer.config import ProtectConfig
+from anonymixer.protect import Protector
+from tests.test_protect import digest, faces
+p = Protector(bundle.load(sys.argv[1]), ProtectConfig(views=2))
+print(digest(p.protect(faces(2), b"same key", steps=5)))
+"""
+
+
+def test_bit_identical_across_processes(tiny_bundle_dir: Path) -> None:
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", RUN_IN_SUBPROCESS, str(tiny_bundle_dir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert len(runs[0]) == 64 and runs[0] == runs[1]
+
+
+def test_different_keys_give_different_faces(protector: Protector) -> None:
+    image = faces(1)
+    a = protector.protect(image, b"key A")[0]
+    b = protector.protect(image, b"key B")[0]
+    again = protector.protect(image, b"key A")[0]
+    assert np.array_equal(a.image, again.image)
+    pixel_change = np.abs(a.image.astype(int) - b.image.astype(int)).mean()
+    cosine = float(a.template @ b.template)
+    print(f"tiny IR-SE: key A vs key B mean |Δpixel| {pixel_change:.1f}, template cosine {cosine:.3f}")
+    assert pixel_change > 5 and cosine < 0.95
+
+
+def test_different_keys_with_the_real_face_embedder(tmp_path: Path) -> None:
+    model = bundle.load(profiles.build_tiny(tmp_path / "b", fr=need(MOBILEFACENET)))
+    protector = Protector(model, ProtectConfig(views=0))
+    image = faces(1, seed=3)
+    a, b = (protector.protect(image, k)[0] for k in (b"key A", b"key B"))
+    cosine = float(a.template @ b.template)
+    print(
+        f"MobileFaceNet: key A vs key B template cosine {cosine:.3f}; to originals "
+        f"{a.original_similarity:.3f}, {b.original_similarity:.3f}"
+    )
+    assert cosine < 0.85
+    assert abs(a.original_similarity) < 0.1 and abs(b.original_similarity) < 0.1
+
+
+def test_refinement_reduces_similarity_and_group_spread(protector: Protector) -> None:
+    images = faces(3, seed=1)
+    before = protector.protect(images, b"k", groups=[7, 7, 7], steps=0)
+    after = protector.protect(images, b"k", groups=[7, 7, 7], steps=50)
+    sim0 = np.mean([abs(r.original_similarity) for r in before])
+    sim50 = np.mean([abs(r.original_similarity) for r in after])
+
+    def spread(results) -> float:
+        t = np.stack([r.template for r in results])
+        return float(np.mean([np.linalg.norm(t[i] - t[j]) for i in range(3) for j in range(i + 1, 3)]))
+
+    print(f"mean |cos| to original: {sim0:.3f} → {sim50:.3f}; group spread {spread(before):.3f} → {spread(after):.3f}")
+    assert sim50 < 0.25 * sim0
+    assert spread(after) < spread(before)
+    assert len(after[0].loss_trace) == 50 and after[0].loss_trace[-1] < after[0].loss_trace[0]
+
+
+def test_batch_items_are_independent(protector: Protector) -> None:
+    a, b = faces(2, seed=2)
+    together = protector.protect([a, b], [b"ka", b"kb"], steps=10)
+    alone = [protector.protect([a], b"ka", steps=10)[0], protector.protect([b], b"kb", steps=10)[0]]
+    for t, s in zip(together, alone, strict=True):
+        assert np.abs(t.image.astype(int) - s.image.astype(int)).max() <= 2
+        np.testing.assert_allclose(t.template, s.template, atol=2e-3)
+
+
+def test_steps_zero_is_pure_mixing(protector: Protector) -> None:
+    images = faces(2, seed=4)
+    result = protector.protect(images, b"mix", steps=0)
+    model = protector.model
+    with torch.no_grad():
+        x = torch.stack([image_tensor(im, torch.device("cpu")) for im in images])
+        w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
+        w_key = key_latents([SecretKey(b"mix")] * 2, model.generator, model.w_avg)
+        expected = to_uint8(model.generator.synthesis(mix_latents(w_real, w_key, "paper", (3, 8)).assemble()))
+    for r, e in zip(result, expected, strict=True):
+        assert np.array_equal(r.image, e) and r.steps == 0 and r.loss_trace == []
+
+
+@pytest.mark.parametrize("mode", ["paper", "reference"])
+def test_refinement_touches_only_the_trainable_rows(protector: Protector, mode: str) -> None:
+    model = protector.model
+    x = torch.stack([image_tensor(im, torch.device("cpu")) for im in faces(2, seed=5)])
+    with torch.no_grad():
+        w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
+        w_key = key_latents([SecretKey(b"r")] * 2, model.generator, model.w_avg)
+    mix = mix_latents(w_real, w_key, mode, (3, 8))
+    config = replace(protector.config, mix_mode=mode)
+    result = refine_latents(
+        mix,
+        x,
+        torch.arange(2),
+        generator=model.generator,
+        face_embedder=model.face_embedder,
+        attribute_loss=E4EFeatureLoss(model.encoder.encoder),
+        config=config,
+        steps=3,
+    )
+    w = mix.assemble(result.trainable)
+    start, stop = 3, 8
+    source = w_key[:, None].expand(-1, start, -1) if mode == "reference" else w_real[:, :start]
+    assert torch.equal(w[:, :start], source)
+    assert torch.equal(w[:, stop:], w_real[:, stop:])
+    assert not torch.equal(w[:, start:stop], mix.trainable)
+
+
+def test_cancellation_between_steps(protector: Protector) -> None:
+    seen = []
+    out = protector.protect(faces(1), b"k", steps=20, on_step=lambda step, cos: seen.append(step) or step < 2)
+    assert seen == [0, 1, 2] and out[0].steps == 3
+
+
+def test_views_join_the_photo_as_one_group(tiny_bundle_dir: Path) -> None:
+    with_views = Protector(bundle.load(tiny_bundle_dir), ProtectConfig(views=3))
+    one = with_views.protect(faces(1), b"k", steps=2)
+    assert len(one) == 1 and one[0].image.shape == (64, 64, 3)
+    no_views = Protector(bundle.load(tiny_bundle_dir), ProtectConfig(views=0)).protect(faces(1), b"k", steps=2)
+    assert not np.array_equal(one[0].image, no_views[0].image)  # the group term pulled on it
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p, im: p.protect([im, im.astype(np.float32)], b"k"), "image 1: dtype must be uint8"),
+        (lambda p, im: p.protect([im[..., :1]], b"k"), r"image 0: shape must be \[H, W, 3\]"),
+        (lambda p, im: p.protect([im, im[:200]], b"k"), "image 1: an aligned face must be square"),
+        (lambda p, im: p.protect([im, im], [b"k", b""]), "key 1: a key must be 1–1024 bytes, got 0"),
+        (lambda p, im: p.protect([im], b"k" * 1025), "key 0: a key must be 1–1024 bytes, got 1025"),
+        (lambda p, im: p.protect([im, im], [b"a", b"b", b"c"]), "2 images but 3 keys"),
+        (lambda p, im: p.protect([im, im], b"k", groups=[1]), "2 images but 1 groups"),
+        (lambda p, im: p.protect([im, im], [b"a", b"b"], groups=[1, 1]), "share group 1 but not their key"),
+        (lambda p, im: p.protect([im], b"k", steps=501), r"steps must be an integer in \[0, 500\]"),
+        (lambda p, im: p.protect([], b"k"), "no images"),
+        (lambda p, im: p.protect(["nope"], b"k"), "image 0: expected a numpy uint8 array"),
+    ],
+)
+def test_bad_input_names_the_item(protector: Protector, call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(protector, faces(1)[0])
+
+
+def test_bundle_json_algorithm_section_configures(tmp_path: Path, tiny_bundle_dir: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "b"))
+    config = json.loads((folder / "bundle.json").read_text())
+    config["algorithm"] = {"steps": 3, "views": 0, "identity_layers": [2, 6]}
+    (folder / "bundle.json").write_text(json.dumps(config))
+    p = Protector(bundle.load(folder))
+    assert p.config.identity_layers == (2, 6) and p.protect(faces(1), b"k")[0].steps == 3
+    config["algorithm"] = {"step": 3}
+    (folder / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unknown protect config key\(s\) \['step'\]"):
+        Protector(bundle.load(folder))
+
+
+def test_template_of_an_aligned_face(protector: Protector) -> None:
+    t = protector.template(faces(1)[0])
+    assert t.shape == (128,) and abs(np.linalg.norm(t) - 1) < 1e-5
