@@ -68,8 +68,11 @@ def upfirdn2d(
     if p0 < 0 or p1 < 0:
         x = x[:, :, max(-p0, 0) : x.shape[2] - max(-p1, 0), max(-p0, 0) : x.shape[3] - max(-p1, 0)]
     kh, kw = kernel.shape
-    weight = torch.flip(kernel, [0, 1]).to(x.dtype).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
-    x = F.conv2d(x, weight, groups=c)
+    # Channels folded into the batch: one constant [1, 1, kh, kw] filter serves every channel,
+    # which keeps the kernel shape static when the graph is exported with a dynamic batch.
+    weight = torch.flip(kernel, [0, 1]).to(x.dtype).reshape(1, 1, kh, kw)
+    x = F.conv2d(x.reshape(-1, 1, x.shape[2], x.shape[3]), weight)
+    x = x.reshape(b, c, x.shape[2], x.shape[3])
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x
