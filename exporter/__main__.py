@@ -1,4 +1,4 @@
-"""``python -m exporter``: official checkpoints → model bundle (and, in later stages, ONNX/TensorRT/Triton)."""
+"""``python -m exporter``: official checkpoints → model bundle → ONNX → TensorRT → Triton model repository."""
 
 from __future__ import annotations
 
@@ -26,6 +26,39 @@ def _bundle(args: argparse.Namespace) -> None:
         model = profiles.random_bundle(args.profile, seed=args.seed, fr=args.fr)
         out = bundle.save(model, args.out, overwrite=args.force)
     print(f"bundle written to {out}")
+
+
+def _onnx(args: argparse.Namespace) -> None:
+    from exporter.onnx_export import export_all
+
+    export_all(bundle.load(args.bundle), args.out, simplify=not args.no_simplify)
+    print(f"ONNX models written to {args.out}")
+
+
+def _tensorrt(args: argparse.Namespace) -> None:
+    from exporter.tensorrt_build import build_engines
+
+    build_engines(args.onnx, args.out, precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch)
+    print(f"TensorRT plans written to {args.out}")
+
+
+def _repository(args: argparse.Namespace) -> None:
+    from exporter.onnx_export import export_all
+    from exporter.repository import RepositoryOptions, build_repository
+
+    options = RepositoryOptions(
+        target=args.target,
+        max_batch_size=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
+        gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else (),
+        instances=args.instances,
+        ort_provider=args.ort_provider,
+    )
+    onnx_dir = Path(args.onnx) if args.onnx else Path(args.out).with_name(Path(args.out).name + "-onnx")
+    if not args.onnx:
+        export_all(bundle.load(args.bundle), onnx_dir)
+    models = build_repository(onnx_dir, args.out, options, engines_dir=args.engines)
+    print(f"{options.target} repository with {', '.join(sorted(models))} written to {args.out}")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -63,6 +96,38 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     b.set_defaults(run=_bundle)
 
+    o = sub.add_parser("onnx", help="export the bundle's networks to ONNX (opset 17, dynamic batch)")
+    o.add_argument("--bundle", required=True)
+    o.add_argument("--out", required=True)
+    o.add_argument("--no-simplify", action="store_true", help="skip onnxsim (for benchmarks.onnx_simplify)")
+    o.set_defaults(run=_onnx)
+
+    t = sub.add_parser("tensorrt", help="build TensorRT plans from the ONNX models (needs a CUDA GPU)")
+    t.add_argument("--onnx", required=True, help="folder written by `python -m exporter onnx`")
+    t.add_argument("--out", required=True)
+    t.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
+    t.add_argument("--max-batch", type=int, default=16)
+    t.add_argument("--opt-batch", type=int, default=None, help="batch size TensorRT tunes for (default max/2)")
+    t.set_defaults(run=_tensorrt)
+
+    r = sub.add_parser("repository", help="build a Triton model repository")
+    r.add_argument("--bundle", required=True)
+    r.add_argument("--target", choices=["embedded", "onnxruntime", "tensorrt"], default="embedded")
+    r.add_argument("--out", required=True)
+    r.add_argument("--onnx", help="reuse ONNX models from this folder (default: export into OUT-onnx)")
+    r.add_argument("--engines", help="TensorRT plans (tensorrt target)")
+    r.add_argument("--gpus", default="", help="comma-separated GPU ids: KIND_GPU instances (default: KIND_CPU)")
+    r.add_argument("--instances", type=int, default=1, help="instances per GPU, or on the CPU (default 1)")
+    r.add_argument("--max-batch", type=int, default=16, help="max_batch_size of every model (default 16)")
+    r.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher delay (default 1000)")
+    r.add_argument(
+        "--ort-provider",
+        choices=["cuda", "tensorrt"],
+        default="cuda",
+        help="embedded target on GPUs: onnxruntime's CUDA or TensorRT provider",
+    )
+    r.set_defaults(run=_repository)
+
     d = sub.add_parser("download", help="fetch the official pretrained files (resumable, SHA-256 verified)")
     d.add_argument("--dest", required=True)
     d.add_argument(
@@ -80,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (BundleError, CheckpointError, DownloadError, ValueError) as exc:
+    except (BundleError, CheckpointError, DownloadError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
