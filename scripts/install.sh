@@ -24,4 +24,14 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
     fi
 fi
 "${PIP[@]}" -e ".[test,demo]"
+
+# The embedded Triton server's Python-backend stub links the system libpython (DESIGN §3).
+PYV=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if ! ldconfig -p | grep -q "libpython$PYV.so.1.0"; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq "libpython$PYV" >/dev/null
+    else
+        echo "warning: the embedded Triton server needs libpython$PYV.so.1.0 (apt-get install libpython$PYV)" >&2
+    fi
+fi
 echo "installed into $VENV: $("$VENV/bin/python" -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)')"

@@ -1,0 +1,130 @@
+"""ONNX models (+ optional TensorRT plans) → a complete Triton model repository.
+
+Targets (DESIGN §3):
+
+* ``embedded`` — the Triton 2.51 server inside the nvidia-pytriton wheel (Python backend only):
+  each network is a thin Python-backend model (``optimizer_backend.onnx_model``) running
+  onnxruntime, with the CUDA execution provider on ``KIND_GPU`` instances, or TensorRT through
+  onnxruntime's TensorRT execution provider (``--ort-provider tensorrt``).
+* ``onnxruntime`` — the NGC image's ONNX Runtime backend (``platform: "onnxruntime_onnx"``), with the
+  TensorRT execution accelerator on GPU instances.
+* ``tensorrt`` — the NGC image's TensorRT backend (``platform: "tensorrt_plan"``), plans from
+  ``python -m exporter tensorrt``.
+
+``config.pbtxt`` files are built as ``ModelConfig`` protobuf messages (the schema tritonclient
+ships) and written in text format, so they are valid by construction; the dims come from the
+ONNX manifest, the batching and instance settings from the arguments below.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+TARGETS = ("embedded", "onnxruntime", "tensorrt")
+ONNX_SHIM = (
+    '"""Triton entry point; the logic lives in optimizer_backend.onnx_model."""\n\n'
+    "from optimizer_backend.onnx_model import TritonPythonModel  # noqa: F401\n"
+)
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    target: str = "embedded"
+    max_batch_size: int = 16
+    max_queue_delay_us: int = 1000  # how long the dynamic batcher waits to fill a batch
+    gpus: tuple[int, ...] = ()  # empty: KIND_CPU instances
+    instances: int = 1  # per GPU (or on the CPU)
+    ort_provider: str = "cuda"  # embedded target on GPU: "cuda" or "tensorrt"
+    trt_precision: str = "FP16"  # onnxruntime target: TensorRT accelerator precision
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target == "tensorrt" and not self.gpus:
+            raise ValueError("the tensorrt target needs GPUs (--gpus 0,…): TensorRT plans run on a GPU only")
+        if not 1 <= self.max_batch_size <= 1024 or self.instances < 1:
+            raise ValueError("max_batch_size must be in [1, 1024] and instances ≥ 1")
+
+
+def network_config(name: str, facts: dict, options: RepositoryOptions) -> mc.ModelConfig:
+    """The ``ModelConfig`` of one exported network (``facts``: its entry in onnx_manifest.json)."""
+    config = mc.ModelConfig(name=name, max_batch_size=options.max_batch_size)
+    if options.target == "embedded":
+        config.backend = "python"
+        config.parameters["model_file"].string_value = "model.onnx"
+        if options.gpus:
+            config.parameters["execution_provider"].string_value = options.ort_provider
+    elif options.target == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = "model.onnx"
+        if options.gpus:
+            accel = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            accel.parameters["precision_mode"] = options.trt_precision
+            accel.parameters["max_workspace_size_bytes"] = str(4 << 30)
+    else:
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = "model.plan"
+    for spec, field in ((facts["input"], config.input), (facts["output"], config.output)):
+        field.add(name=spec["name"], data_type=mc.TYPE_FP32, dims=spec["dims"])
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    group = config.instance_group.add(count=options.instances)
+    if options.gpus:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        group.gpus.extend(options.gpus)
+    else:
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+    warm = config.model_warmup.add(name=f"{name}_warmup", batch_size=1)
+    warm.inputs[facts["input"]["name"]].data_type = mc.TYPE_FP32
+    warm.inputs[facts["input"]["name"]].dims.extend(facts["input"]["dims"])
+    warm.inputs[facts["input"]["name"]].random_data = True
+    return config
+
+
+def write_config(folder: Path, config: mc.ModelConfig) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.pbtxt"
+    path.write_text(text_format.MessageToString(config))
+    return path
+
+
+def read_config(path: str | Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` with Triton's schema (raises on any unknown field or typo)."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def build_repository(
+    onnx_dir: str | Path, out_dir: str | Path, options: RepositoryOptions, engines_dir: str | Path | None = None
+) -> dict[str, Path]:
+    """Write one model folder per exported network; returns {model name: folder}."""
+    onnx_dir, out = Path(onnx_dir), Path(out_dir)
+    manifest = json.loads((onnx_dir / "onnx_manifest.json").read_text())
+    models = {}
+    for name, facts in manifest["models"].items():
+        folder = out / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        version = folder / "1"
+        version.mkdir(parents=True)
+        write_config(folder, network_config(name, facts, options))
+        if options.target == "tensorrt":
+            if engines_dir is None:
+                raise ValueError("the tensorrt target needs --engines DIR (from `python -m exporter tensorrt`)")
+            plan = Path(engines_dir) / f"{name}.plan"
+            if not plan.is_file():
+                raise FileNotFoundError(f"{plan}: no TensorRT plan for {name}")
+            shutil.copy2(plan, version / "model.plan")
+        else:
+            shutil.copy2(onnx_dir / facts["file"], version / "model.onnx")
+        if options.target == "embedded":
+            (version / "model.py").write_text(ONNX_SHIM)
+        models[name] = folder
+    (out / "repository.json").write_text(
+        json.dumps({"target": options.target, "models": sorted(models), "bundle": manifest["bundle"]}, indent=2) + "\n"
+    )
+    return models

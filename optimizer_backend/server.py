@@ -1,0 +1,219 @@
+"""Start and stop the embedded Triton server (the one the nvidia-pytriton wheel carries).
+
+DESIGN §3: the wheel ships ``tritonserver`` 2.51 with the Python backend only. The backend's stub
+must sit in the backend folder, the wheel's bundled libraries must be on ``LD_LIBRARY_PATH``, and
+the stub finds its site-packages from the first ``python3`` on ``PATH`` — so the server is started
+with this interpreter's ``bin/`` first on ``PATH`` and the Python models run inside this virtual
+environment. The stub embeds the system ``libpython3.X`` (Debian's ``libpython3.11`` here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def pytriton_paths() -> tuple[Path, Path]:
+    """(``pytriton/tritonserver`` folder, ``nvidia_pytriton.libs`` folder) of the installed wheel."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise ServerError("the embedded Triton server needs the nvidia-pytriton wheel (pip install nvidia-pytriton)")
+    package = Path(spec.origin).parent
+    return package / "tritonserver", package.parent / "nvidia_pytriton.libs"
+
+
+def backend_directory(cache: Path) -> Path:
+    """A backends folder holding the Python backend with this interpreter's stub copied in."""
+    server_dir, _ = pytriton_paths()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
+    python = cache / "backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for source in [*(server_dir / "backends" / "python").glob("*.*"), stub]:
+        target = python / source.name
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+    return cache / "backends"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedTritonServer:
+    """``with EmbeddedTritonServer(repo) as server: … server.grpc_url …`` — stops by itself on exit."""
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.log_file = Path(log_file) if log_file else self.repository.parent / "tritonserver.log"
+        self.cache_dir = Path(cache_dir) if cache_dir else self.repository.parent / ".triton"
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._client_host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    def command(self) -> list[str]:
+        server_dir, _ = pytriton_paths()
+        return [
+            str(server_dir / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory(self.cache_dir)}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        _, libs = pytriton_paths()
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        return env
+
+    def start(self) -> EmbeddedTritonServer:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "wb")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+        )
+        log.close()
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout_s: float = 120.0) -> EmbeddedTritonServer:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
+            if self.ready():
+                return self
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # Triton drains in-flight requests on SIGTERM
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, 9)
+            self.process.wait(5)
+
+    def __enter__(self) -> EmbeddedTritonServer:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m optimizer_backend.server --repository DIR``: serve until Ctrl-C or SIGTERM."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m optimizer_backend.server", description=main.__doc__)
+    parser.add_argument("--repository", required=True, help="a model repository (python -m exporter repository)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-file", default=None, help="default: tritonserver.log beside the repository")
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    server = EmbeddedTritonServer(
+        args.repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        log_file=args.log_file,
+    )
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
+
+    signal.signal(signal.SIGTERM, terminate)
+    server.start()
+    try:
+        server.wait_ready(args.ready_timeout)
+        print(
+            f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
+            f"log {server.log_file}",
+            flush=True,
+        )
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
