@@ -36,6 +36,7 @@ class ProtectConfig:
     attribute_loss: str = "e4e"  # "e4e" (no extra weights) | "farl" (needs farl_checkpoint)
     farl_checkpoint: str | None = None
     loss_resolution: int | None = None  # render the losses' images at this size (None: full)
+    refine_batch: int = 0  # at most this many items per Adam batch, whole groups (0: auto, 24 on CPU)
     precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
 
     def __post_init__(self) -> None:
@@ -52,6 +53,8 @@ class ProtectConfig:
             problems.append(f"views must be in [0, {MAX_VIEWS}]")
         if not 0 <= self.steps <= self.max_steps:
             problems.append(f"steps must be in [0, max_steps={self.max_steps}]")
+        if self.refine_batch < 0:
+            problems.append("refine_batch must be ≥ 0")
         if self.lr <= 0 or not 0 < self.lr_gamma <= 1:
             problems.append("lr must be > 0 and lr_gamma in (0, 1]")
         if problems:

@@ -16,12 +16,12 @@ import hashlib
 import hmac
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from anonymixer.networks.stylegan2 import Generator, truncate
+from anonymixer.networks.stylegan2 import truncate
 
 KEY_DERIVATION_VERSION = 1
 Z_INFO = b"anonymixer/v1/z"
@@ -102,9 +102,13 @@ def key_z(key: SecretKey, salt: bytes = b"", dim: int = 512) -> np.ndarray:
 
 @torch.no_grad()
 def key_latents(
-    keys: Sequence[SecretKey], generator: Generator, w_avg: torch.Tensor, *, salt: bytes = b"", psi: float = 0.7
+    keys: Sequence[SecretKey],
+    mapping: Callable[[torch.Tensor], torch.Tensor],
+    w_avg: torch.Tensor,
+    *,
+    salt: bytes = b"",
+    psi: float = 0.7,
 ) -> torch.Tensor:
-    """w_key [B, style_dim] for each key: mapping(z) truncated toward ``w_avg``."""
-    device = w_avg.device
-    z = torch.from_numpy(np.stack([key_z(k, salt, generator.style_dim) for k in keys])).to(device)
-    return truncate(generator.mapping(z), w_avg, psi)
+    """w_key [B, style_dim] for each key: ``mapping(z)`` (the generator's MLP) truncated toward ``w_avg``."""
+    z = torch.from_numpy(np.stack([key_z(k, salt, w_avg.shape[-1]) for k in keys])).to(w_avg.device)
+    return truncate(mapping(z), w_avg, psi)

@@ -3,14 +3,20 @@
     protector = Protector(bundle.load("build/bundles/tiny"))
     faces = protector.protect([aligned_rgb_uint8, ...], key=b"secret", groups=None, steps=None)
 
-Per request: validate → invert every face (and the augmented views of faces alone in their group)
-with e4e → derive each key's latent → mix → refine all items in one batch → render at full
+Per call: validate → invert every face with e4e → derive each key's latent → mix → refine all
+items (and the augmented views of faces alone in their group) in one batch → render at full
 resolution → template = FR(crop(protected)), ORIGINAL_SIMILARITY = cos(template, FR(original)).
+
+The gradient-free stages (encode, map, render, embed) are :class:`Stages` callables: the bundle's
+PyTorch modules by default; the Triton model swaps in calls to the exported models. The
+refinement itself always runs the PyTorch modules (it needs their gradients).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,10 +28,13 @@ from anonymixer.config import ProtectConfig
 from anonymixer.images import to_uint8
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, fr_crop, resize
-from anonymixer.mixing import mix_latents
+from anonymixer.mixing import Mix, mix_latents
 from anonymixer.refine import StepCallback, refine_latents
 
 KeyLike = SecretKey | bytes | bytearray | str
+# Measured (benchmarks/refine_bench.py, tiny, 2-core CPU): 22 ms per item and step at 24 items,
+# 30 ms at 48 — larger batches fall out of cache. GPUs take the whole batch at once.
+CPU_REFINE_BATCH = 24
 
 
 @dataclass
@@ -65,15 +74,44 @@ def build_attribute_loss(config: ProtectConfig, model: Bundle) -> AttributeLoss:
     return E4EFeatureLoss(model.encoder.encoder)
 
 
-class Protector:
-    """Runs the whole algorithm on one device. Not thread-safe: one call at a time per instance."""
+@dataclass
+class Stages:
+    """The gradient-free network calls, batch-first tensors on the Protector's device."""
 
-    def __init__(self, model: Bundle, config: ProtectConfig | None = None, *, salt: bytes = b"") -> None:
+    encode: Callable[[torch.Tensor], torch.Tensor]  # aligned [B, 3, 256, 256] → W+ (latent_avg added)
+    mapping: Callable[[torch.Tensor], torch.Tensor]  # z [B, d] → w [B, d]
+    render: Callable[[torch.Tensor], torch.Tensor]  # W+ → image [B, 3, R, R]
+    embed: Callable[[torch.Tensor], torch.Tensor]  # FR input [B, 3, 112, 112] → embedding [B, D]
+
+
+def torch_stages(model: Bundle) -> Stages:
+    return Stages(
+        encode=lambda x: model.encoder(resize(x, model.encoder.encoder.input_size)),
+        mapping=model.generator.mapping,
+        render=model.generator.synthesis,
+        embed=model.face_embedder,
+    )
+
+
+class Protector:
+    """Runs the whole algorithm on one device. Not thread-safe: one call at a time per instance.
+
+    After each :meth:`protect`, ``timings`` holds the seconds spent per stage (encode, map,
+    refine, render, embed) of that call and ``refined_items`` how many items it refined
+    (augmented views included).
+    """
+
+    def __init__(
+        self, model: Bundle, config: ProtectConfig | None = None, *, salt: bytes = b"", stages: Stages | None = None
+    ) -> None:
         self.model = model
         self.config = config or ProtectConfig.from_dict(model.config.get("algorithm", {}))
         self.salt = salt
         self.device = model.w_avg.device
         self.attribute_loss = build_attribute_loss(self.config, model)
+        self.stages = stages or torch_stages(model)
+        self.timings: dict[str, float] = {}
+        self.refined_items = 0
 
     def _keys(self, key: KeyLike | Sequence[KeyLike], n: int) -> list[SecretKey]:
         if isinstance(key, (SecretKey, bytes, bytearray, str)):
@@ -111,7 +149,7 @@ class Protector:
     def template(self, image: np.ndarray) -> np.ndarray:
         """FR template of an aligned face (uint8 [H, W, 3]) with the same crop the losses use."""
         x = image_tensor(check_image(image, 0), self.device)[None]
-        return self.model.face_embedder(fr_crop(x))[0].float().cpu().numpy()
+        return self.stages.embed(fr_crop(x))[0].float().cpu().numpy()
 
     def protect(
         self,
@@ -154,37 +192,80 @@ class Protector:
         _, inverse = np.unique(np.asarray([group_ids[i] for i in source]), return_inverse=True)
         all_groups = torch.from_numpy(inverse.astype(np.int64)).to(self.device)
 
-        model = self.model
+        model, stages = self.model, self.stages
+        timer = _StageTimer(self.device)
         with torch.no_grad():
-            w_real = model.encoder(resize(x, model.encoder.encoder.input_size))[index]
-            w_key = key_latents(keys, model.generator, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
+            with timer("encode"):
+                w_real = stages.encode(x).float()[index]
+            with timer("map"):
+                w_key = key_latents(keys, stages.mapping, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
         mix = mix_latents(w_real, w_key[index], self.config.mix_mode, self.config.identity_layers)
-        result = refine_latents(
-            mix,
-            all_x,
-            all_groups,
-            generator=model.generator,
-            face_embedder=model.face_embedder,
-            attribute_loss=self.attribute_loss,
-            config=self.config,
-            steps=int(steps),
-            on_step=on_step,
-        )
+        trainable = mix.trainable.clone()
+        traces: list[list[float]] = [[] for _ in source]
+        steps_run = int(steps)
+        with timer("refine"):
+            for chunk in self._chunks(all_groups):
+                part = Mix(mix.fixed[chunk], mix.trainable[chunk], mix.rows)
+                result = refine_latents(
+                    part,
+                    all_x[chunk],
+                    all_groups[chunk],
+                    generator=model.generator,
+                    face_embedder=model.face_embedder,
+                    attribute_loss=self.attribute_loss,
+                    config=self.config,
+                    steps=int(steps),
+                    on_step=on_step,
+                )
+                trainable[chunk] = result.trainable
+                for i, trace in zip(chunk.tolist(), result.loss_trace.T.cpu().tolist(), strict=True):
+                    traces[i] = trace
+                steps_run = min(steps_run, result.steps_run)
+                if result.cancelled:
+                    break
         with torch.no_grad():
-            w_final = mix.assemble(result.trainable)[:n]
-            protected = model.generator.synthesis(w_final)
-            templates = model.face_embedder(fr_crop(protected)).float()
-            originals_emb = model.face_embedder(fr_crop(x)).float()
+            with timer("render"):
+                protected = stages.render(mix.assemble(trainable)[:n]).float()
+            with timer("embed"):
+                embeddings = stages.embed(torch.cat([fr_crop(protected), fr_crop(x)])).float()
+            templates, originals_emb = embeddings[:n], embeddings[n:]
             similarity = (templates * originals_emb).sum(dim=1)
+        self.timings, self.refined_items = timer.seconds, len(source)
         pictures = to_uint8(protected)
-        traces = result.loss_trace[:, :n].T.cpu().tolist()
         return [
             ProtectedFace(
                 image=pictures[i],
                 template=templates[i].cpu().numpy(),
                 original_similarity=float(similarity[i]),
                 loss_trace=traces[i],
-                steps=result.steps_run,
+                steps=steps_run,
             )
             for i in range(n)
         ]
+
+    def _chunks(self, groups: torch.Tensor) -> list[torch.Tensor]:
+        """Item indices per refinement batch: whole groups, at most ``refine_batch`` items each."""
+        limit = self.config.refine_batch or (CPU_REFINE_BATCH if self.device.type == "cpu" else 0)
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(groups.tolist()):
+            members.setdefault(g, []).append(i)
+        chunks: list[list[int]] = [[]]
+        for items in members.values():
+            if limit and chunks[-1] and len(chunks[-1]) + len(items) > limit:
+                chunks.append([])
+            chunks[-1] += items
+        return [torch.tensor(c, device=groups.device) for c in chunks]
+
+
+class _StageTimer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start

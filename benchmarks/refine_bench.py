@@ -37,7 +37,7 @@ def run_case(model, batch: int, steps: int, precision: str, device: torch.device
     x = (torch.rand(batch, 3, ALIGNED_SIZE, ALIGNED_SIZE, generator=gen) * 2 - 1).to(device)
     with torch.no_grad():
         w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator, model.w_avg)
+        w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator.mapping, model.w_avg)
     mix = mix_latents(w_real, w_key, config.mix_mode, config.identity_layers)
     attr = E4EFeatureLoss(model.encoder.encoder)
     kwargs = dict(generator=model.generator, face_embedder=model.face_embedder, attribute_loss=attr, config=config)

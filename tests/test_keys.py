@@ -69,11 +69,11 @@ def test_key_latent_is_truncated_mapping(tiny_bundle_dir) -> None:
 
     model = bundle.load(tiny_bundle_dir)
     keys = [SecretKey(b"k1"), SecretKey(b"k2")]
-    w = key_latents(keys, model.generator, model.w_avg, psi=0.7)
+    w = key_latents(keys, model.generator.mapping, model.w_avg, psi=0.7)
     z = torch.from_numpy(np.stack([key_z(k, dim=64) for k in keys]))
     torch.testing.assert_close(w, truncate(model.generator.mapping(z), model.w_avg, 0.7))
     assert not torch.allclose(w[0], w[1])
-    salted = key_latents(keys[:1], model.generator, model.w_avg, salt=b"s", psi=0.7)
+    salted = key_latents(keys[:1], model.generator.mapping, model.w_avg, salt=b"s", psi=0.7)
     assert not torch.allclose(salted[0], w[0])
 
 

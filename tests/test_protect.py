@@ -132,7 +132,7 @@ def test_steps_zero_is_pure_mixing(protector: Protector) -> None:
     with torch.no_grad():
         x = torch.stack([image_tensor(im, torch.device("cpu")) for im in images])
         w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(b"mix")] * 2, model.generator, model.w_avg)
+        w_key = key_latents([SecretKey(b"mix")] * 2, model.generator.mapping, model.w_avg)
         expected = to_uint8(model.generator.synthesis(mix_latents(w_real, w_key, "paper", (3, 8)).assemble()))
     for r, e in zip(result, expected, strict=True):
         assert np.array_equal(r.image, e) and r.steps == 0 and r.loss_trace == []
@@ -144,7 +144,7 @@ def test_refinement_touches_only_the_trainable_rows(protector: Protector, mode: 
     x = torch.stack([image_tensor(im, torch.device("cpu")) for im in faces(2, seed=5)])
     with torch.no_grad():
         w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(b"r")] * 2, model.generator, model.w_avg)
+        w_key = key_latents([SecretKey(b"r")] * 2, model.generator.mapping, model.w_avg)
     mix = mix_latents(w_real, w_key, mode, (3, 8))
     config = replace(protector.config, mix_mode=mode)
     result = refine_latents(
@@ -218,3 +218,17 @@ def test_bundle_json_algorithm_section_configures(tmp_path: Path, tiny_bundle_di
 def test_template_of_an_aligned_face(protector: Protector) -> None:
     t = protector.template(faces(1)[0])
     assert t.shape == (128,) and abs(np.linalg.norm(t) - 1) < 1e-5
+
+
+def test_refinement_in_chunks_equals_one_batch_and_keeps_groups_whole(tiny_bundle_dir: Path) -> None:
+    model = bundle.load(tiny_bundle_dir)
+    images = faces(5, seed=11)
+    groups = [0, 1, 1, 1, 2]
+    whole = Protector(model, ProtectConfig(views=0, refine_batch=64)).protect(images, b"k", groups=groups, steps=4)
+    chunked_protector = Protector(model, ProtectConfig(views=0, refine_batch=2))
+    chunks = chunked_protector._chunks(torch.tensor(groups))
+    assert [c.tolist() for c in chunks] == [[0], [1, 2, 3], [4]]  # the group of 3 is never split
+    chunked = chunked_protector.protect(images, b"k", groups=groups, steps=4)
+    for a, b in zip(whole, chunked, strict=True):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
+        np.testing.assert_allclose(a.template, b.template, atol=2e-3)
