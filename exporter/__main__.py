@@ -53,11 +53,14 @@ def _repository(args: argparse.Namespace) -> None:
         gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else (),
         instances=args.instances,
         ort_provider=args.ort_provider,
+        protect_max_batch=args.protect_max_batch,
+        algorithm=args.algorithm,
+        stages_via=args.stages_via,
     )
     onnx_dir = Path(args.onnx) if args.onnx else Path(args.out).with_name(Path(args.out).name + "-onnx")
     if not args.onnx:
         export_all(bundle.load(args.bundle), onnx_dir)
-    models = build_repository(onnx_dir, args.out, options, engines_dir=args.engines)
+    models = build_repository(onnx_dir, args.out, options, engines_dir=args.engines, bundle_dir=args.bundle)
     print(f"{options.target} repository with {', '.join(sorted(models))} written to {args.out}")
 
 
@@ -125,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=["cuda", "tensorrt"],
         default="cuda",
         help="embedded target on GPUs: onnxruntime's CUDA or TensorRT provider",
+    )
+    r.add_argument("--protect-max-batch", type=int, default=8, help="anonymixer: items per execute (default 8)")
+    r.add_argument("--algorithm", default="{}", help='anonymixer: JSON settings, e.g. \'{"steps": 30, "views": 0}\'')
+    r.add_argument(
+        "--stages-via",
+        choices=["bls", "torch"],
+        default="bls",
+        help="anonymixer: run encode/map/render/embed through BLS (default) or in-process torch",
     )
     r.set_defaults(run=_repository)
 

@@ -27,9 +27,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 TARGETS = ("embedded", "onnxruntime", "tensorrt")
-ONNX_SHIM = (
-    '"""Triton entry point; the logic lives in optimizer_backend.onnx_model."""\n\n'
-    "from optimizer_backend.onnx_model import TritonPythonModel  # noqa: F401\n"
+SHIM = (
+    '"""Triton entry point; the logic lives in {module}."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
 )
 
 
@@ -42,6 +41,13 @@ class RepositoryOptions:
     instances: int = 1  # per GPU (or on the CPU)
     ort_provider: str = "cuda"  # embedded target on GPU: "cuda" or "tensorrt"
     trt_precision: str = "FP16"  # onnxruntime target: TensorRT accelerator precision
+    # the anonymixer model
+    protect_max_batch: int = 8  # items per execute (one refinement batch, before augmented views)
+    protect_queue_delay_us: int = 20000  # wait this long for more requests to share a refinement
+    max_queue_size: int = 64  # requests waiting beyond this are refused at once
+    queue_timeout_s: float = 300.0  # a request still queued after this is refused
+    algorithm: str = "{}"  # JSON object of ProtectConfig overrides
+    stages_via: str = "bls"  # "bls" | "torch" for the gradient-free stages
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -86,6 +92,43 @@ def network_config(name: str, facts: dict, options: RepositoryOptions) -> mc.Mod
     return config
 
 
+def anonymixer_config(embedding_size: int, options: RepositoryOptions) -> mc.ModelConfig:
+    """The public ``anonymixer`` model: BYTES in, PNG + template out, queue bounded in size and time."""
+    config = mc.ModelConfig(name="anonymixer", backend="python", max_batch_size=options.protect_max_batch)
+    for name, dtype, optional in (
+        ("IMAGE", mc.TYPE_STRING, False),
+        ("KEY", mc.TYPE_STRING, False),
+        ("GROUP", mc.TYPE_INT64, True),
+        ("STEPS", mc.TYPE_INT32, True),
+    ):
+        config.input.add(name=name, data_type=dtype, dims=[1], optional=optional)
+    config.output.add(name="PROTECTED", data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="TEMPLATE", data_type=mc.TYPE_FP32, dims=[embedding_size])
+    config.output.add(name="ORIGINAL_SIMILARITY", data_type=mc.TYPE_FP32, dims=[1])
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = options.protect_queue_delay_us
+    batching.default_queue_policy.max_queue_size = options.max_queue_size
+    batching.default_queue_policy.default_timeout_microseconds = int(options.queue_timeout_s * 1e6)
+    batching.default_queue_policy.allow_timeout_override = True
+    batching.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    group = config.instance_group.add(count=1)
+    if options.gpus:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        group.gpus.extend(options.gpus[:1])
+    else:
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+    json.loads(options.algorithm)  # must be a JSON object; ProtectConfig checks the keys at load
+    params = {
+        "bundle": "bundle",
+        "algorithm": options.algorithm,
+        "network_max_batch": str(options.max_batch_size),
+        **{f"{stage}_via": options.stages_via for stage in ("encode", "mapping", "render", "embed")},
+    }
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
 def write_config(folder: Path, config: mc.ModelConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.pbtxt"
@@ -99,9 +142,14 @@ def read_config(path: str | Path) -> mc.ModelConfig:
 
 
 def build_repository(
-    onnx_dir: str | Path, out_dir: str | Path, options: RepositoryOptions, engines_dir: str | Path | None = None
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    options: RepositoryOptions,
+    engines_dir: str | Path | None = None,
+    bundle_dir: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Write one model folder per exported network; returns {model name: folder}."""
+    """One model folder per exported network, plus the ``anonymixer`` model when ``bundle_dir`` is
+    given (its bundle is copied into its version folder); returns {model name: folder}."""
     onnx_dir, out = Path(onnx_dir), Path(out_dir)
     manifest = json.loads((onnx_dir / "onnx_manifest.json").read_text())
     models = {}
@@ -122,8 +170,17 @@ def build_repository(
         else:
             shutil.copy2(onnx_dir / facts["file"], version / "model.onnx")
         if options.target == "embedded":
-            (version / "model.py").write_text(ONNX_SHIM)
+            (version / "model.py").write_text(SHIM.format(module="optimizer_backend.onnx_model"))
         models[name] = folder
+    if bundle_dir is not None:
+        folder = out / "anonymixer"
+        if folder.exists():
+            shutil.rmtree(folder)
+        embedding_size = manifest["bundle"]["face_embedder"]["embedding_size"]
+        write_config(folder, anonymixer_config(embedding_size, options))
+        shutil.copytree(bundle_dir, folder / "1" / "bundle")
+        (folder / "1" / "model.py").write_text(SHIM.format(module="optimizer_backend.anonymixer_model"))
+        models["anonymixer"] = folder
     (out / "repository.json").write_text(
         json.dumps({"target": options.target, "models": sorted(models), "bundle": manifest["bundle"]}, indent=2) + "\n"
     )

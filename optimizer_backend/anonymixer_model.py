@@ -1,0 +1,168 @@
+"""The ``anonymixer`` Triton Python-backend model: the public entry of the service (DESIGN §4).
+
+Inputs per item: ``IMAGE`` (encoded aligned face), ``KEY`` (1–1024 bytes), optional ``GROUP``
+(INT64; items of one request with one group are one person, refined jointly) and ``STEPS``
+(INT32). Outputs: ``PROTECTED`` (PNG), ``TEMPLATE`` (FP32 [D]), ``ORIGINAL_SIMILARITY`` (FP32 [1]).
+
+Every ``execute`` decodes and validates each request on its own (a bad request gets its own error,
+naming the input, item and reason), then refines the items of all good requests in one batch per
+distinct STEPS value. Network calls without gradients go to the exported models through BLS (or
+in-process torch: the ``*_via`` parameters); the refinement runs in torch on this instance's
+device. A request cancelled by its client is answered CANCELLED; the loop stops early once every
+request of the batch is cancelled. Keys are never logged.
+
+Parameters (``config.pbtxt``, all strings): ``bundle`` (folder in the version folder, default
+``bundle``), ``algorithm`` (JSON object of ProtectConfig overrides), ``encode_via``, ``mapping_via``,
+``render_via``, ``embed_via`` (``bls`` | ``torch``, default ``bls``), ``network_max_batch``
+(the networks' max_batch_size, default 16), ``max_image_pixels`` (default 16 M), ``salt_file``
+(deployment salt; the ``ANONYMIXER_SALT_FILE`` environment variable overrides it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anonymixer import bundle
+from anonymixer.config import ProtectConfig
+from anonymixer.protect import Protector
+from optimizer_backend.bls import STAGE_MODELS, build_stages
+from optimizer_backend.decode import DEFAULT_MAX_PIXELS, Item, ItemError, encode_png, parse_request
+from optimizer_backend.metrics import ModelMetrics
+from optimizer_backend.onnx_model import model_parameters
+
+try:  # only importable inside the Triton Python backend
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover
+    pb_utils = None
+
+INPUTS = ("IMAGE", "KEY", "GROUP", "STEPS")
+
+
+def read_salt(params: dict[str, str]) -> bytes:
+    path = os.environ.get("ANONYMIXER_SALT_FILE") or params.get("salt_file")
+    return Path(path).read_bytes().strip() if path else b""
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = model_parameters(config)
+        if args.get("model_instance_kind") == "GPU":
+            self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+        else:
+            self.device = torch.device("cpu")
+        folder = Path(args["model_repository"]) / args["model_version"]
+        model = bundle.load(folder / params.get("bundle", "bundle"), self.device)
+        overrides = {**model.config.get("algorithm", {}), **json.loads(params.get("algorithm", "{}"))}
+        protect_config = ProtectConfig.from_dict(overrides)
+        via = {stage: params.get(f"{stage}_via", "bls") for stage in STAGE_MODELS}
+        stages = build_stages(model, via, int(params.get("network_max_batch", "16")))
+        self.protector = Protector(model, protect_config, salt=read_salt(params), stages=stages)
+        self.max_pixels = int(params.get("max_image_pixels", str(DEFAULT_MAX_PIXELS)))
+        self.metrics = ModelMetrics(args["model_name"])
+        self.name = args["model_name"]
+        pb_utils.Logger.log_info(
+            f"{self.name}: {model.config['profile']} bundle on {self.device}, stages {via}, "
+            f"steps {protect_config.steps}, views {protect_config.views}"
+        )
+
+    def _inputs(self, request: Any) -> dict[str, np.ndarray | None]:
+        out = {}
+        for name in INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            out[name] = None if tensor is None else tensor.as_numpy()
+        return out
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        start = time.perf_counter()
+        responses: list[Any] = [None] * len(requests)
+        parsed: dict[int, list[Item]] = {}
+        for r, request in enumerate(requests):
+            try:
+                parsed[r] = parse_request(
+                    self._inputs(request), max_steps=self.protector.config.max_steps, max_pixels=self.max_pixels
+                )
+            except ItemError as exc:
+                responses[r] = self._error(str(exc), exc.code, pb_utils.TritonError.INVALID_ARG)
+        self.metrics.stage("decode", time.perf_counter() - start)
+
+        # One refinement per distinct STEPS value; group ids are scoped to their request.
+        by_steps: dict[int, list[tuple[int, int]]] = {}
+        for r, items in parsed.items():
+            for j, item in enumerate(items):
+                by_steps.setdefault(self.protector.config.steps if item.steps is None else item.steps, []).append(
+                    (r, j)
+                )
+        results: dict[tuple[int, int], Any] = {}
+        cancelled: set[int] = set()
+        for steps, members in by_steps.items():
+            owners = {r for r, _ in members}
+            groups = {}
+            for r, j in members:
+                group = parsed[r][j].group
+                groups[(r, j)] = groups.setdefault(("g", r, group) if group is not None else ("i", r, j), len(groups))
+
+            def check_cancelled(step: int, cos: torch.Tensor, owners: set[int] = owners) -> bool:
+                cancelled.update(r for r in owners if requests[r].is_cancelled())
+                return not owners <= cancelled
+
+            try:
+                faces = self.protector.protect(
+                    [parsed[r][j].image for r, j in members],
+                    [parsed[r][j].key for r, j in members],
+                    groups=[groups[m] for m in members],
+                    steps=steps,
+                    on_step=check_cancelled,
+                )
+            except Exception as exc:  # a failure of this batch must not take the instance down
+                pb_utils.Logger.log_error(f"{self.name}: refinement failed: {type(exc).__name__}: {exc}")
+                for r in owners:
+                    responses[r] = responses[r] or self._error(
+                        f"internal error: {type(exc).__name__}", "internal", pb_utils.TritonError.INTERNAL
+                    )
+                continue
+            for stage, seconds in self.protector.timings.items():
+                self.metrics.stage(stage, seconds)
+            self.metrics.batch.observe(self.protector.refined_items)
+            self.metrics.steps.increment(faces[0].steps if faces else 0)
+            results.update(zip(members, faces, strict=True))
+
+        for r, items in parsed.items():
+            if responses[r] is not None:
+                continue
+            if r in cancelled:
+                error = pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
+                responses[r] = pb_utils.InferenceResponse(error=error)
+                self.metrics.error("cancelled")
+                continue
+            faces = [results[(r, j)] for j in range(len(items))]
+            responses[r] = pb_utils.InferenceResponse(output_tensors=self._outputs(faces))
+            self.metrics.items.increment(len(faces))
+            for face in faces:
+                self.metrics.similarity.observe(face.original_similarity)
+        return responses
+
+    def _outputs(self, faces: list[Any]) -> list[Any]:
+        pngs = np.array([[encode_png(f.image)] for f in faces], dtype=np.object_)
+        templates = np.stack([f.template for f in faces]).astype(np.float32)
+        similarity = np.array([[f.original_similarity] for f in faces], dtype=np.float32)
+        return [
+            pb_utils.Tensor("PROTECTED", pngs),
+            pb_utils.Tensor("TEMPLATE", templates),
+            pb_utils.Tensor("ORIGINAL_SIMILARITY", similarity),
+        ]
+
+    def _error(self, message: str, reason: str, status: int) -> Any:
+        self.metrics.error(reason)
+        pb_utils.Logger.log_warn(f"{self.name}: rejected a request: {message}")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, status))
+
+    def finalize(self) -> None:
+        self.protector = None

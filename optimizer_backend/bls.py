@@ -1,0 +1,65 @@
+"""Business-logic-scripting (BLS) stages: the gradient-free calls of the algorithm sent to the
+exported network models of the same Triton server, tensors passed through DLPack (zero-copy when
+they already live where the callee wants them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from anonymixer.bundle import Bundle
+from anonymixer.protect import Stages, torch_stages
+
+try:  # only importable inside the Triton Python backend
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover
+    pb_utils = None
+
+STAGE_MODELS = {  # stage → (model, input, output)
+    "encode": ("e4e_encoder", "image", "w_plus"),
+    "mapping": ("stylegan2_mapping", "z", "w"),
+    "render": ("stylegan2_synthesis", "w_plus", "image"),
+    "embed": ("face_embedder", "face", "embedding"),
+}
+VIA = ("bls", "torch")
+
+
+class BLSError(RuntimeError):
+    pass
+
+
+def bls_stage(model: str, input_name: str, output_name: str, max_batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def call(x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        memory = None
+        if x.is_cuda:
+            memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, x.device.index or 0)
+        for chunk in x.float().contiguous().split(max_batch):
+            tensor = pb_utils.Tensor.from_dlpack(input_name, to_dlpack(chunk.contiguous()))
+            kwargs = {"preferred_memory": memory} if memory is not None else {}
+            request = pb_utils.InferenceRequest(
+                model_name=model, requested_output_names=[output_name], inputs=[tensor], **kwargs
+            )
+            response = request.exec()
+            if response.has_error():
+                raise BLSError(f"{model}: {response.error().message()}")
+            out = pb_utils.get_output_tensor_by_name(response, output_name)
+            outputs.append(from_dlpack(out.to_dlpack()).to(x.device))
+        return torch.cat(outputs)
+
+    return call
+
+
+def build_stages(model: Bundle, via: dict[str, str], max_batch: int) -> Stages:
+    """Stages for the Protector: each either a BLS call to its exported model or the bundle's module."""
+    local = torch_stages(model)
+    chosen = {}
+    for stage, (name, inp, out) in STAGE_MODELS.items():
+        how = via.get(stage, "bls")
+        if how not in VIA:
+            raise ValueError(f"{stage}_via must be one of {VIA}, got {how!r}")
+        chosen[stage] = bls_stage(name, inp, out, max_batch) if how == "bls" else getattr(local, stage)
+    return Stages(**chosen)
