@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml scripts/install.sh
 install: $(STAMP)
 
 # The built-in sample portrait, plus a few real photos when ../shared is beside the checkout.
-DEMO_FACES := $(if $(wildcard ../shared/data/faces/img1.jpg),../shared/data/faces/img1.jpg ../shared/data/faces/img2.jpg ../shared/data/faces/img10.jpg)
+DEMO_FACES := $(if $(wildcard ../shared/data/faces/img1.jpg),../shared/data/faces/img1.jpg ../shared/data/faces/img10.jpg)
 
 demo: $(STAMP)
-	$(PY) -m anonymixer.demo --bundle build/bundles/tiny --out out/demo $(if $(DEMO_FACES),--faces $(DEMO_FACES))
+	$(VENV)/bin/anonymixer demo --out out/demo $(if $(DEMO_FACES),--faces $(DEMO_FACES))
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +49,16 @@ def backend_directory(cache: Path) -> Path:
         if not target.exists() or target.stat().st_size != source.stat().st_size:
             shutil.copy2(source, target)
     return cache / "backends"
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM if the launching process dies, so a killed
+    test run or CLI never leaves a server (and its backend stubs) behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -125,7 +136,12 @@ class EmbeddedTritonServer:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "wb")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         log.close()
         return self
@@ -174,7 +190,6 @@ class EmbeddedTritonServer:
 def main(argv: list[str] | None = None) -> int:
     """``python -m optimizer_backend.server --repository DIR``: serve until Ctrl-C or SIGTERM."""
     import argparse
-    import signal
 
     parser = argparse.ArgumentParser(prog="python -m optimizer_backend.server", description=main.__doc__)
     parser.add_argument("--repository", required=True, help="a model repository (python -m exporter repository)")

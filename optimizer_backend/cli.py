@@ -1,0 +1,274 @@
+"""``anonymixer``: run the service (``serve``) or the end-to-end demo (``demo``) on the embedded Triton.
+
+    anonymixer serve [--repository DIR | --profile tiny|ffhq1024 [--weights DIR]] [--gpu]
+                     [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002]
+    anonymixer demo  [--profile tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…] [--keys K1 K2]
+                     [--out out/demo]
+
+Bundles and repositories are built on first use and cached under ``build/cache`` by a hash of
+their content (the bundle's file hashes, the repository settings and this package's version), so
+a second start reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import anonymixer
+from anonymixer import bundle, profiles
+from anonymixer.images import save_grid
+from anonymixer.samples import aligned, builtin_faces, faces_from
+from optimizer_backend.server import EmbeddedTritonServer, ServerError
+
+CACHE = Path("build/cache")
+DEMO_KEYS = ("demo key A", "demo key B")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def prepare_bundle(profile: str, weights: str | None, cache: Path = CACHE) -> Path:
+    if profile == "tiny":
+        out = cache / "bundles" / "tiny-seed0"
+        if not (out / bundle.MANIFEST).exists():
+            profiles.build_tiny(out, overwrite=True)
+        return out
+    if not weights:
+        raise SystemExit(
+            "--profile ffhq1024 needs --weights DIR holding e4e_ffhq_encode.pt and model_ir_se50.pth "
+            "(python -m exporter download --dest DIR)"
+        )
+    from anonymixer.checkpoints import file_sha256
+
+    e4e, fr = Path(weights) / "e4e_ffhq_encode.pt", Path(weights) / "model_ir_se50.pth"
+    for path in (e4e, fr):
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing (python -m exporter download --dest {weights})")
+    out = cache / "bundles" / f"ffhq1024-{_digest(file_sha256(e4e), file_sha256(fr))}"
+    if not (out / bundle.MANIFEST).exists():
+        print(f"building the ffhq1024 bundle in {out} …", file=sys.stderr)
+        profiles.build_ffhq1024(out, e4e=e4e, fr=fr, overwrite=True)
+    return out
+
+
+def prepare_repository(bundle_dir: Path, *, gpu: bool, algorithm: str = "{}", cache: Path = CACHE) -> Path:
+    from exporter.onnx_export import export_all
+    from exporter.repository import RepositoryOptions, build_repository
+
+    options = RepositoryOptions(target="embedded", gpus=(0,) if gpu else (), algorithm=algorithm)
+    config = (bundle_dir / bundle.MANIFEST).read_text()
+    key = _digest(config, repr(options), anonymixer.__version__)
+    root = cache / "repositories" / key
+    if not (root / "models" / "repository.json").exists():
+        print(f"building the Triton repository in {root} …", file=sys.stderr)
+        export_all(bundle.load(bundle_dir), root / "onnx")
+        build_repository(root / "onnx", root / "models", options, bundle_dir=bundle_dir)
+    return root / "models"
+
+
+def _repository(args: argparse.Namespace) -> Path:
+    if getattr(args, "repository", None):
+        return Path(args.repository)
+    return prepare_repository(prepare_bundle(args.profile, args.weights), gpu=args.gpu)
+
+
+def serve(args: argparse.Namespace) -> int:
+    server = EmbeddedTritonServer(
+        _repository(args),
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+    )
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
+
+    signal.signal(signal.SIGTERM, terminate)
+    server.start()
+    try:
+        server.wait_ready(args.ready_timeout)
+        print(
+            f"anonymixer ready on {server.repository}\n  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
+            f"  metrics {server.metrics_url}\n  log     {server.log_file}\nCtrl-C stops it.",
+            flush=True,
+        )
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+    return 0
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def protect_over_grpc(
+    url: str, images: list[bytes], key: bytes, steps: int | None = None, timeout_s: float = 600.0, chunk: int = 8
+) -> dict:
+    """``anonymixer`` requests (``chunk`` items each) with plain tritonclient: PNGs, templates, similarities."""
+    import tritonclient.grpc as grpcclient
+
+    pngs, templates, similarity = [], [], []
+    start = time.perf_counter()
+    with grpcclient.InferenceServerClient(url) as client:
+        for first in range(0, len(images), chunk):
+            part = images[first : first + chunk]
+            image_in = grpcclient.InferInput("IMAGE", [len(part), 1], "BYTES")
+            image_in.set_data_from_numpy(np.array([[im] for im in part], dtype=np.object_))
+            key_in = grpcclient.InferInput("KEY", [len(part), 1], "BYTES")
+            key_in.set_data_from_numpy(np.array([[key]] * len(part), dtype=np.object_))
+            inputs = [image_in, key_in]
+            if steps is not None:
+                steps_in = grpcclient.InferInput("STEPS", [len(part), 1], "INT32")
+                steps_in.set_data_from_numpy(np.full((len(part), 1), steps, dtype=np.int32))
+                inputs.append(steps_in)
+            result = client.infer("anonymixer", inputs, client_timeout=timeout_s)
+            pngs += [row[0] for row in result.as_numpy("PROTECTED")]
+            templates.append(result.as_numpy("TEMPLATE"))
+            similarity.append(result.as_numpy("ORIGINAL_SIMILARITY")[:, 0])
+    return {
+        "pngs": pngs,
+        "templates": np.concatenate(templates),
+        "similarity": np.concatenate(similarity),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    bundle_dir = prepare_bundle(args.profile, args.weights)
+    repository = prepare_repository(bundle_dir, gpu=args.gpu)
+    faces = builtin_faces() + faces_from(args.faces, args.limit)
+    if not faces:
+        raise SystemExit("no faces: give --faces, or install scikit-image for the built-in sample")
+    originals = [aligned(face) for _, face in faces]
+    payload = [_png(im) for im in originals]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.profile == "tiny":
+        print(
+            "Using the built-in tiny bundle: seeded random weights, so protected faces are structured noise. "
+            "For real faces: --profile ffhq1024 --weights DIR.",
+            file=sys.stderr,
+        )
+    with EmbeddedTritonServer(repository, log_file=out / "tritonserver.log") as server:
+        ready = time.perf_counter()
+        print(
+            f"server ready in {ready - start:.1f} s (gRPC {server.grpc_url}); protecting {len(faces)} face(s) "
+            f"with {len(args.keys)} key(s) …",
+            file=sys.stderr,
+        )
+        with ThreadPoolExecutor(len(args.keys)) as pool:  # concurrent requests share one refinement batch
+            results = list(
+                pool.map(lambda k: protect_over_grpc(server.grpc_url, payload, k.encode(), args.steps), args.keys)
+            )
+        stats = _execution_stats(server.grpc_url)
+    columns = [np.stack(originals)] + [
+        np.stack([np.asarray(Image.open(io.BytesIO(p))) for p in r["pngs"]]) for r in results
+    ]
+    import torch
+
+    grid = save_grid(
+        [torch.from_numpy(c).permute(0, 3, 1, 2).float() / 127.5 - 1 for c in columns], out / "before_after.png"
+    )
+    summary = {
+        "profile": args.profile,
+        "bundle": str(bundle_dir),
+        "repository": str(repository),
+        "faces": [name for name, _ in faces],
+        "keys": len(args.keys),
+        "requests": [
+            {
+                "key_index": i,
+                "seconds": round(r["seconds"], 2),
+                "original_similarity": [round(float(v), 4) for v in r["similarity"]],
+            }
+            for i, r in enumerate(results)
+        ],
+        "template_cosine_between_keys": (
+            [round(float(a @ b), 4) for a, b in zip(results[0]["templates"], results[1]["templates"], strict=True)]
+            if len(results) > 1
+            else []
+        ),
+        "server": stats,
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for i, r in enumerate(results):
+        sims = ", ".join(f"{name} {s:+.3f}" for (name, _), s in zip(faces, r["similarity"], strict=True))
+        print(f"key {i + 1}: {r['seconds']:.1f} s; cos(protected, original): {sims}")
+    print(
+        f"wrote {grid} (original, then one column per key) and {out / 'summary.json'}; "
+        f"{summary['total_seconds']} s in all"
+    )
+    return 0
+
+
+def _execution_stats(url: str) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics("anonymixer", as_json=True)["model_stats"][0]
+    return {
+        "inference_count": int(stats.get("inference_count", 0)),
+        "execution_count": int(stats.get("execution_count", 0)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="anonymixer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "start the embedded Triton server"), ("demo", "protect sample faces end to end")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--profile", choices=profiles.PROFILES, default="tiny")
+        p.add_argument("--weights", help="folder with the official files (ffhq1024)")
+        p.add_argument("--gpu", action="store_true", help="run the models on GPU 0 (KIND_GPU instances)")
+    s = sub.choices["serve"]
+    s.add_argument("--repository", help="serve this repository instead of building one")
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default loopback only)")
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--ready-timeout", type=float, default=600.0)
+    s.set_defaults(run=serve)
+    d = sub.choices["demo"]
+    d.add_argument("--faces", nargs="*", default=[], help="face images or folders, after the built-in sample")
+    d.add_argument("--limit", type=int, default=2, help="at most this many --faces files (default 2)")
+    d.add_argument(
+        "--keys",
+        nargs="+",
+        default=list(DEMO_KEYS),
+        help="keys, one column each (demo only: command-line keys are visible to other users)",
+    )
+    d.add_argument("--steps", type=int, default=None, help="refinement steps (default: the server's, 50)")
+    d.add_argument("--out", default="out/demo")
+    d.set_defaults(run=demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
