@@ -36,3 +36,48 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from anonymixer import profiles
 
     return profiles.build_tiny(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+TEST_ALGORITHM = '{"steps": 5, "views": 0}'  # fast refinements for the server tests
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
+    """The tiny embedded repository, built by the README's command."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("triton") / "repository"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "repository",
+            "--bundle",
+            str(tiny_bundle_dir),
+            "--target",
+            "embedded",
+            "--out",
+            str(out),
+            "--max-batch",
+            "8",
+            "--algorithm",
+            TEST_ALGORITHM,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_repository: Path):
+    """A real embedded Triton server on free loopback ports, for the whole session."""
+    from optimizer_backend.server import EmbeddedTritonServer
+
+    with EmbeddedTritonServer(triton_repository) as server:
+        yield server

@@ -23,31 +23,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Iterator[EmbeddedTritonServer]:
-    out = tmp_path_factory.mktemp("triton") / "repository"
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "repository",
-            "--bundle",
-            str(tiny_bundle_dir),
-            "--target",
-            "embedded",
-            "--out",
-            str(out),
-            "--max-batch",
-            "8",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr
-    with EmbeddedTritonServer(out) as running:
-        yield running
+def server(triton_server: EmbeddedTritonServer) -> EmbeddedTritonServer:
+    return triton_server
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +42,7 @@ def infer(client: grpcclient.InferenceServerClient, name: str, x: np.ndarray, in
 def test_all_models_ready_on_the_cpu(client: grpcclient.InferenceServerClient) -> None:
     assert client.is_server_ready()
     index = {m.name: m.state for m in client.get_model_repository_index().models}
-    assert index == dict.fromkeys(MODELS, "READY")
+    assert index == dict.fromkeys((*MODELS, "anonymixer"), "READY")
     config = client.get_model_config("stylegan2_synthesis", as_json=True)["config"]
     assert config["backend"] == "python" and config["instance_group"][0]["kind"] == "KIND_CPU"
 
