@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-slow lint bench
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml client/pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
 	touch $@
 
@@ -20,6 +20,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	cd client && ../$(PY) -m mypy --strict anonymixer_client
 
 test: lint
 	$(PY) -m pytest

@@ -23,7 +23,7 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
             || "${PIP[@]}" "torch==$TORCH_VERSION"                            # CPU build, else default
     fi
 fi
-"${PIP[@]}" -e ".[test,demo]"
+"${PIP[@]}" -e ".[test,demo]" -e "./client[metrics]"   # the client installs on its own too
 
 # The embedded Triton server's Python-backend stub links the system libpython (DESIGN §3).
 PYV=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

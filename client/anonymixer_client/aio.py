@@ -1,0 +1,130 @@
+"""``AsyncAnonymixerClient``: the asyncio twin of :class:`~anonymixer_client.AnonymixerClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import tritonclient.grpc.aio as grpcaio
+
+from anonymixer_client.client import (
+    DEFAULT_THRESHOLD,
+    MODEL,
+    build_inputs,
+    enrolled,
+    in_input_order,
+    normalise_keys,
+    parse_faces,
+    plan_chunks,
+    retry_channel_args,
+    verification,
+)
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, map_error
+from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
+
+
+class AsyncAnonymixerClient:
+    """``async with AsyncAnonymixerClient(url) as c: faces = await c.protect([...], key)``."""
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        *,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        timeout_s: float = 300.0,
+        retries: int = 3,
+    ) -> None:
+        self.url, self.ssl, self.root_certificates = url, ssl, root_certificates
+        self.timeout_s, self.retries = timeout_s, retries
+        self._client: Any = None
+        self._max_batch: int | None = None
+
+    def _grpc(self) -> Any:
+        if self._client is None:
+            self._client = grpcaio.InferenceServerClient(
+                self.url,
+                ssl=self.ssl,
+                root_certificates=self.root_certificates,
+                channel_args=retry_channel_args(self.retries),
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> AsyncAnonymixerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, fn: Any, *args: Any, client_timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, client_timeout=client_timeout or self.timeout_s, **kwargs)
+        except Exception as exc:
+            raise map_error(exc) from None
+
+    async def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
+        deadline = time.monotonic() + timeout_s
+        delay, last = 0.2, "no answer"
+        while True:
+            try:
+                if await self._call(self._grpc().is_server_ready, client_timeout=5) and await self._call(
+                    self._grpc().is_model_ready, model, client_timeout=5
+                ):
+                    return
+                last = f"model {model} is not ready"
+            except AnonymixerError as exc:
+                last = str(exc)
+            if time.monotonic() + delay > deadline:
+                raise ModelNotReadyError(f"{self.url}: not ready after {timeout_s:.0f} s ({last})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def max_batch(self) -> int:
+        if self._max_batch is None:
+            config = (await self._call(self._grpc().get_model_config, MODEL, as_json=True))["config"]
+            self._max_batch = max(1, int(config.get("max_batch_size", 1)))
+        return self._max_batch
+
+    async def protect(
+        self,
+        images: Sequence[ImageLike],
+        key: KeyLike | Sequence[KeyLike],
+        *,
+        groups: Sequence[int] | None = None,
+        steps: int | None = None,
+    ) -> list[ProtectedFace]:
+        payload = [encode_image(im) for im in images]
+        keys = normalise_keys(key, len(payload))
+        chunks = plan_chunks(len(payload), groups, await self.max_batch())
+
+        async def one(chunk: list[int]) -> list[ProtectedFace]:
+            inputs = build_inputs(
+                grpcaio,
+                [payload[i] for i in chunk],
+                [keys[i] for i in chunk],
+                None if groups is None else [groups[i] for i in chunk],
+                steps,
+            )
+            try:
+                result = await self._grpc().infer(MODEL, inputs, client_timeout=self.timeout_s)
+            except Exception as exc:
+                raise map_error(exc, index=chunk) from None
+            return parse_faces(result)
+
+        parts = await asyncio.gather(*(one(c) for c in chunks))
+        return in_input_order(chunks, list(parts))
+
+    async def enroll(self, images: Sequence[ImageLike], key: KeyLike) -> Template:
+        return enrolled(await self.protect(images, key, groups=[0] * len(images)))
+
+    async def verify(
+        self, image: ImageLike, key: KeyLike, template: Template | Vector, *, threshold: float = DEFAULT_THRESHOLD
+    ) -> Verification:
+        return verification((await self.protect([image], key))[0], template, threshold)

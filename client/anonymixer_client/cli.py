@@ -1,0 +1,152 @@
+"""``anonymixer-client``: protect folders of faces, enroll, verify and check the service from a shell.
+
+Exit codes: 0 ok, 2 bad usage, 3 some items failed (listed), 4 server unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from anonymixer_client.client import DEFAULT_THRESHOLD, AnonymixerClient
+from anonymixer_client.errors import AnonymixerError, InvalidInputError, ModelNotReadyError, ServerUnavailableError
+from anonymixer_client.types import Key, Template
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+EXIT_OK, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist")
+    return files
+
+
+def cmd_protect(client: AnonymixerClient, args: argparse.Namespace) -> int:
+    key = Key.from_file(args.key_file)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = image_files(args.inputs)
+    todo = [f for f in files if not (out / f"{f.stem}.protected.png").exists()]  # resumable
+    failed: list[str] = []
+    results = out / "results.jsonl"
+    with (
+        open(results, "a") as log,
+        ThreadPoolExecutor(args.concurrency) as pool,
+        tqdm(total=len(files), initial=len(files) - len(todo), unit="face", desc="protect") as bar,
+    ):
+
+        def one(path: Path) -> tuple[Path, float, object]:
+            start = time.perf_counter()
+            try:
+                return path, time.perf_counter() - start, client.protect([path], key, steps=args.steps)[0]
+            except InvalidInputError as exc:
+                return path, time.perf_counter() - start, exc
+
+        futures = [pool.submit(one, f) for f in todo]
+        for future in as_completed(futures):
+            path, seconds, outcome = future.result()
+            bar.update()
+            if isinstance(outcome, InvalidInputError):
+                failed.append(f"{path}: {outcome.reason}")
+                continue
+            (out / f"{path.stem}.protected.png").write_bytes(outcome.png)  # type: ignore[attr-defined]
+            record = {
+                "file": str(path),
+                "output": f"{path.stem}.protected.png",
+                "template": [round(float(v), 6) for v in outcome.template],  # type: ignore[attr-defined]
+                "original_similarity": outcome.original_similarity,  # type: ignore[attr-defined]
+                "seconds": round(seconds, 3),
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    print(
+        f"{len(todo) - len(failed)} protected, {len(files) - len(todo)} already done, {len(failed)} failed; "
+        f"results in {results}"
+    )
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return EXIT_ITEMS_FAILED if failed else EXIT_OK
+
+
+def cmd_enroll(client: AnonymixerClient, args: argparse.Namespace) -> int:
+    template = client.enroll(image_files(args.inputs), Key.from_file(args.key_file))
+    Path(args.template).write_text(json.dumps({"template": template.vector.tolist(), "images": template.images}))
+    print(f"template of {template.images} image(s) written to {args.template}")
+    return EXIT_OK
+
+
+def cmd_verify(client: AnonymixerClient, args: argparse.Namespace) -> int:
+    stored = json.loads(Path(args.template).read_text())
+    template = Template(np.asarray(stored["template"], dtype=np.float32), stored.get("images", 1))
+    result = client.verify(args.image, Key.from_file(args.key_file), template, threshold=args.threshold)
+    print(json.dumps({"score": round(result.score, 6), "is_match": result.is_match, "threshold": result.threshold}))
+    return EXIT_OK if result.is_match else 1
+
+
+def cmd_health(client: AnonymixerClient, args: argparse.Namespace) -> int:
+    print(json.dumps(client.health(), indent=2))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anonymixer-client", description=__doc__)
+    parser.add_argument("--url", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
+    parser.add_argument("--ssl", action="store_true")
+    parser.add_argument("--root-certificates", help="PEM file of the CA that signed the server certificate")
+    parser.add_argument("--timeout", type=float, default=300.0, help="deadline per call, seconds (default 300)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("protect", help="protect images (files or folders) into --out")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--key-file", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--steps", type=int, default=None)
+    p.set_defaults(run=cmd_protect)
+    e = sub.add_parser("enroll", help="a person's photos → a template file")
+    e.add_argument("inputs", nargs="+")
+    e.add_argument("--key-file", required=True)
+    e.add_argument("--template", required=True, help="output JSON file")
+    e.set_defaults(run=cmd_enroll)
+    v = sub.add_parser("verify", help="probe photo + key vs a template file (exit 0 match, 1 no match)")
+    v.add_argument("image")
+    v.add_argument("--key-file", required=True)
+    v.add_argument("--template", required=True)
+    v.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    v.set_defaults(run=cmd_verify)
+    h = sub.add_parser("health", help="server and model readiness, versions, batch settings")
+    h.set_defaults(run=cmd_health)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    client = AnonymixerClient(args.url, ssl=args.ssl, timeout_s=args.timeout, root_certificates=args.root_certificates)
+    try:
+        with client:
+            return int(args.run(client, args))
+    except (ServerUnavailableError, ModelNotReadyError) as exc:
+        print(f"error: server unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AnonymixerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ITEMS_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

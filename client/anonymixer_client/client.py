@@ -1,0 +1,289 @@
+"""``AnonymixerClient``: the synchronous gRPC client (thread-safe, one channel, lazy connect)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as grpcclient
+
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, NotServedError, map_error
+from anonymixer_client.metrics import ClientMetrics
+from anonymixer_client.types import (
+    ImageLike,
+    Key,
+    KeyLike,
+    ProtectedFace,
+    Template,
+    Vector,
+    Verification,
+    encode_image,
+)
+
+MODEL = "anonymixer"
+SCENE_MODEL = "anonymixer_scene"
+DEFAULT_THRESHOLD = 0.5  # cosine between protected templates; calibrate it on your data (issue 8's report)
+
+
+def retry_channel_args(retries: int) -> list[tuple[str, Any]]:
+    """gRPC's own retry policy: retry UNAVAILABLE only, with exponential backoff."""
+    policy = {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": max(2, retries + 1),
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    return [
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", json.dumps(policy)),
+        ("grpc.max_send_message_length", 256 << 20),
+        ("grpc.max_receive_message_length", 256 << 20),
+    ]
+
+
+def build_inputs(
+    module: Any, images: list[bytes], keys: list[bytes], groups: Sequence[int] | None, steps: int | None
+) -> list[Any]:
+    """The request tensors for ``tritonclient.grpc`` or ``tritonclient.grpc.aio`` (``module``)."""
+    n = len(images)
+
+    def tensor(name: str, array: npt.NDArray[Any], dtype: str) -> Any:
+        t = module.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    inputs = [
+        tensor("IMAGE", np.array([[im] for im in images], dtype=np.object_), "BYTES"),
+        tensor("KEY", np.array([[k] for k in keys], dtype=np.object_), "BYTES"),
+    ]
+    if groups is not None:
+        inputs.append(tensor("GROUP", np.asarray(groups, dtype=np.int64).reshape(n, 1), "INT64"))
+    if steps is not None:
+        inputs.append(tensor("STEPS", np.full((n, 1), steps, dtype=np.int32), "INT32"))
+    return inputs
+
+
+def parse_faces(result: Any) -> list[ProtectedFace]:
+    pngs = result.as_numpy("PROTECTED")
+    templates = result.as_numpy("TEMPLATE")
+    sims = result.as_numpy("ORIGINAL_SIMILARITY")
+    return [
+        ProtectedFace(bytes(pngs[i, 0]), templates[i].astype(np.float32), float(sims[i, 0])) for i in range(len(pngs))
+    ]
+
+
+def normalise_keys(key: KeyLike | Sequence[KeyLike], n: int) -> list[bytes]:
+    keys = [key] * n if isinstance(key, (Key, bytes, str)) else list(key)
+    if len(keys) != n:
+        raise ValueError(f"got {n} images but {len(keys)} keys (give one key, or one per image)")
+    return [Key.of(k).reveal() for k in keys]
+
+
+def plan_chunks(n: int, groups: Sequence[int] | None, size: int) -> list[list[int]]:
+    """Item indices per request: at most ``size`` (the server's max batch), groups never split."""
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"got {n} images but {len(groups)} groups")
+    members: dict[object, list[int]] = {}
+    for i in range(n):
+        members.setdefault(("g", groups[i]) if groups is not None else ("i", i), []).append(i)
+    chunks: list[list[int]] = [[]]
+    for items in members.values():
+        if len(items) > size:
+            raise ValueError(f"a group of {len(items)} items is larger than the server's max batch ({size})")
+        if chunks[-1] and len(chunks[-1]) + len(items) > size:
+            chunks.append([])
+        chunks[-1] += items
+    return [c for c in chunks if c]
+
+
+def in_input_order(chunks: list[list[int]], parts: list[list[ProtectedFace]]) -> list[ProtectedFace]:
+    faces: dict[int, ProtectedFace] = {}
+    for chunk, part in zip(chunks, parts, strict=True):
+        faces.update(zip(chunk, part, strict=True))
+    return [faces[i] for i in sorted(faces)]
+
+
+def verification(face: ProtectedFace, template: Template | Vector, threshold: float) -> Verification:
+    vector = template.vector if isinstance(template, Template) else np.asarray(template, dtype=np.float32)
+    score = float(np.dot(face.template, vector))
+    return Verification(score=score, is_match=score >= threshold, threshold=threshold, face=face)
+
+
+def enrolled(faces: list[ProtectedFace]) -> Template:
+    mean = np.mean([f.template for f in faces], axis=0)
+    return Template(vector=(mean / np.linalg.norm(mean)).astype(np.float32), images=len(faces))
+
+
+class AnonymixerClient:
+    """Synchronous client. ``with AnonymixerClient("host:8001") as c: c.protect([...], key)``.
+
+    ``root_certificates`` is the path of a PEM file (the CA of a TLS server); ``timeout_s`` is the
+    deadline of every call; ``retries`` is how many times gRPC itself retries an UNAVAILABLE call.
+    """
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        *,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        timeout_s: float = 300.0,
+        retries: int = 3,
+        max_concurrency: int = 4,
+        metrics: ClientMetrics | None = None,
+    ) -> None:
+        self.url, self.ssl, self.root_certificates = url, ssl, root_certificates
+        self.timeout_s, self.retries, self.max_concurrency = timeout_s, retries, max_concurrency
+        self.metrics = metrics
+        self._client: Any = None
+        self._max_batch: int | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------------
+    def _grpc(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = grpcclient.InferenceServerClient(
+                    self.url,
+                    ssl=self.ssl,
+                    root_certificates=self.root_certificates,
+                    channel_args=retry_channel_args(self.retries),
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> AnonymixerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, client_timeout=kwargs.pop("client_timeout", self.timeout_s), **kwargs)
+        except Exception as exc:
+            raise map_error(exc) from None
+
+    def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
+        """Poll (with backoff) until the server and ``model`` are ready; a server may start later."""
+        deadline = time.monotonic() + timeout_s
+        delay, last = 0.2, "no answer"
+        while True:
+            try:
+                if self._call(self._grpc().is_server_ready, client_timeout=5) and self._call(
+                    self._grpc().is_model_ready, model, client_timeout=5
+                ):
+                    return
+                last = f"model {model} is not ready"
+            except AnonymixerError as exc:
+                last = str(exc)
+            if time.monotonic() + delay > deadline:
+                raise ModelNotReadyError(f"{self.url}: not ready after {timeout_s:.0f} s ({last})")
+            if self.metrics:
+                self.metrics.retries.inc()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def health(self) -> dict[str, Any]:
+        """Server and model readiness, versions and batch settings."""
+        grpc = self._grpc()
+        meta = self._call(grpc.get_server_metadata, as_json=True)
+        models = {
+            m["name"]: m.get("state", "")
+            for m in self._call(grpc.get_model_repository_index, as_json=True).get("models", [])
+        }
+        info: dict[str, Any] = {
+            "server": meta.get("name"),
+            "version": meta.get("version"),
+            "ready": bool(self._call(grpc.is_server_ready)),
+            "models": models,
+        }
+        if MODEL in models:
+            config = self._call(grpc.get_model_config, MODEL, as_json=True)["config"]
+            info["max_batch_size"] = int(config.get("max_batch_size", 0))
+            info["dynamic_batching"] = config.get("dynamic_batching", {})
+        return info
+
+    def max_batch(self) -> int:
+        if self._max_batch is None:
+            config = self._call(self._grpc().get_model_config, MODEL, as_json=True)["config"]
+            self._max_batch = max(1, int(config.get("max_batch_size", 1)))
+        return self._max_batch
+
+    # -- the service ------------------------------------------------------------------------
+    def protect(
+        self,
+        images: Sequence[ImageLike],
+        key: KeyLike | Sequence[KeyLike],
+        *,
+        groups: Sequence[int] | None = None,
+        steps: int | None = None,
+    ) -> list[ProtectedFace]:
+        """Protected faces in input order. Large inputs go in chunks of the server's max batch, in
+        parallel; a group is never split across chunks (items of one group are refined together)."""
+        payload = [encode_image(im) for im in images]
+        keys = normalise_keys(key, len(payload))
+        chunks = plan_chunks(len(payload), groups, self.max_batch())
+        with ThreadPoolExecutor(min(self.max_concurrency, len(chunks)) or 1) as pool:
+            parts = list(pool.map(lambda c: self._protect_chunk(c, payload, keys, groups, steps), chunks))
+        return in_input_order(chunks, parts)
+
+    def _protect_chunk(
+        self, chunk: list[int], payload: list[bytes], keys: list[bytes], groups: Sequence[int] | None, steps: int | None
+    ) -> list[ProtectedFace]:
+        images = [payload[i] for i in chunk]
+        inputs = build_inputs(
+            grpcclient, images, [keys[i] for i in chunk], None if groups is None else [groups[i] for i in chunk], steps
+        )
+        start = time.perf_counter()
+        try:
+            result = self._grpc().infer(MODEL, inputs, client_timeout=self.timeout_s)
+        except Exception as exc:
+            error = map_error(exc, index=chunk)
+            self._record("protect", type(error).__name__, len(chunk), start, sum(map(len, images)), 0)
+            raise error from None
+        faces = parse_faces(result)
+        received = sum(len(f.png) + f.template.nbytes for f in faces)
+        self._record("protect", "ok", len(chunk), start, sum(map(len, images)), received)
+        return faces
+
+    def _record(self, method: str, outcome: str, items: int, start: float, sent: int, received: int) -> None:
+        if self.metrics:
+            self.metrics.record(method, outcome, items, time.perf_counter() - start, sent, received)
+
+    def enroll(self, images: Sequence[ImageLike], key: KeyLike) -> Template:
+        """A person's photos (one group) → one template: the normalised mean of the protected templates."""
+        return enrolled(self.protect(images, key, groups=[0] * len(images)))
+
+    def verify(
+        self, image: ImageLike, key: KeyLike, template: Template | Vector, *, threshold: float = DEFAULT_THRESHOLD
+    ) -> Verification:
+        return verification(self.protect([image], key)[0], template, threshold)
+
+    def protect_scene(self, image: ImageLike, key: KeyLike) -> bytes:
+        """A full photo with every face protected (needs the scene model on the server)."""
+        if SCENE_MODEL not in self.health()["models"]:
+            raise NotServedError(f"{SCENE_MODEL} is not served by this server ({self.url})")
+        raw = encode_image(image)
+        inputs = build_inputs(grpcclient, [raw], [Key.of(key).reveal()], None, None)
+        result = self._call(self._grpc().infer, SCENE_MODEL, inputs[:2])
+        return bytes(result.as_numpy("IMAGE")[0, 0])

@@ -1,0 +1,44 @@
+"""Optional client-side Prometheus metrics (``pip install 'anonymixer-client[metrics]'``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClientMetrics:
+    """Requests and items by outcome, latency per method, retries, bytes sent and received."""
+
+    def __init__(self, registry: Any = None, namespace: str = "anonymixer_client") -> None:
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        registry = registry if registry is not None else REGISTRY
+        self.requests = Counter(
+            f"{namespace}_requests", "Requests by method and outcome", ["method", "outcome"], registry=registry
+        )
+        self.items = Counter(
+            f"{namespace}_items", "Items by method and outcome", ["method", "outcome"], registry=registry
+        )
+        self.latency = Histogram(
+            f"{namespace}_latency_seconds",
+            "Request latency by method",
+            ["method"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.retries = Counter(f"{namespace}_retries", "Readiness polls that had to wait", registry=registry)
+        self.bytes_sent = Counter(f"{namespace}_bytes_sent", "Payload bytes sent", registry=registry)
+        self.bytes_received = Counter(f"{namespace}_bytes_received", "Payload bytes received", registry=registry)
+
+    def record(self, method: str, outcome: str, items: int, seconds: float, sent: int, received: int) -> None:
+        self.requests.labels(method, outcome).inc()
+        self.items.labels(method, outcome).inc(items)
+        self.latency.labels(method).observe(seconds)
+        self.bytes_sent.inc(sent)
+        self.bytes_received.inc(received)
+
+
+def serve_metrics(port: int, registry: Any = None, addr: str = "127.0.0.1") -> None:
+    """Expose ``registry`` (default: the global one) on ``http://addr:port/metrics`` in a thread."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    start_http_server(port, addr=addr, registry=registry if registry is not None else REGISTRY)

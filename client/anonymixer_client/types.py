@@ -1,0 +1,105 @@
+"""Keys and results."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+MAX_KEY_BYTES = 1024
+
+
+class Key:
+    """A user's secret key. ``repr``/``str`` never show it; it refuses to be pickled."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes | str) -> None:
+        data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        if not 1 <= len(data) <= MAX_KEY_BYTES:
+            raise ValueError(f"a key must be 1–{MAX_KEY_BYTES} bytes, got {len(data)}")
+        self._secret = data
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Key:
+        return cls(Path(path).read_bytes().rstrip(b"\r\n"))
+
+    @classmethod
+    def of(cls, key: KeyLike) -> Key:
+        return key if isinstance(key, Key) else cls(key)
+
+    def reveal(self) -> bytes:
+        return self._secret
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Key) and hmac.compare_digest(self._secret, other._secret)
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(self._secret).digest())
+
+    def __repr__(self) -> str:
+        return f"Key(<{len(self._secret)} bytes, redacted>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> str:
+        raise TypeError("Key is not picklable: keys must not be written anywhere")
+
+
+Vector = npt.NDArray[np.float32]
+KeyLike = Union[Key, bytes, str]  # noqa: UP007 - a runtime alias
+ImageLike = Union[str, Path, bytes, Image.Image, npt.NDArray[np.uint8]]  # noqa: UP007
+
+
+@dataclass
+class ProtectedFace:
+    png: bytes  # the protected face, PNG
+    template: Vector  # float32 [D], L2-normalised
+    original_similarity: float  # cos(protected, original): near 0 means the identity is gone
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.png))
+
+
+@dataclass
+class Template:
+    """A person's protected template under one key: the normalised mean of protected templates."""
+
+    vector: Vector
+    images: int = 1
+
+    def score(self, other: Vector) -> float:
+        return float(np.dot(self.vector, other))
+
+
+@dataclass
+class Verification:
+    score: float
+    is_match: bool
+    threshold: float
+    face: ProtectedFace | None = field(default=None, repr=False)
+
+
+def encode_image(image: ImageLike) -> bytes:
+    """Paths and bytes go as they are (the server decodes); PIL images and uint8 arrays become PNG."""
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"arrays must be uint8, got {image.dtype}")
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise TypeError(f"unsupported image type {type(image).__name__}")

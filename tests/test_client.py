@@ -1,0 +1,265 @@
+"""The client library and CLI against the real embedded server (plus TLS and a late-starting server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anonymixer_client import (
+    AnonymixerClient,
+    AsyncAnonymixerClient,
+    DeadlineExceededError,
+    InvalidInputError,
+    Key,
+    NotServedError,
+)
+from anonymixer_client.cli import main as client_main
+from optimizer_backend.server import EmbeddedTritonServer, free_port
+from tests.test_anonymixer_server import png
+from tests.test_protect import faces
+
+KEY = Key("client-test-key-5531")
+
+
+@pytest.fixture(scope="module")
+def client(triton_server: EmbeddedTritonServer):
+    with AnonymixerClient(triton_server.grpc_url, timeout_s=120) as c:
+        c.wait_until_ready(60)
+        yield c
+
+
+def test_every_image_type_gives_the_same_face(client: AnonymixerClient, tmp_path: Path) -> None:
+    array = faces(1, seed=20)[0]
+    path = tmp_path / "face.png"
+    path.write_bytes(png(array))
+    results = client.protect([path, str(path), png(array), Image.fromarray(array), array], KEY, steps=2)
+    assert len({r.png for r in results}) == 1
+    assert results[0].image.size == (64, 64) and results[0].template.dtype == np.float32
+
+
+def test_chunks_run_concurrently_and_come_back_in_order(client: AnonymixerClient) -> None:
+    images = faces(11, seed=21)  # the test server's max batch is 8: two requests
+    assert client.max_batch() == 8
+    together = client.protect(images, KEY, steps=1)
+    alone = [client.protect([im], KEY, steps=1)[0] for im in images]
+    for t, a in zip(together, alone, strict=True):
+        assert float(t.template @ a.template) >= 0.999
+
+
+def test_per_item_errors_name_the_callers_index(client: AnonymixerClient) -> None:
+    images: list = [png(im) for im in faces(10, seed=22)]
+    images[9] = b"corrupt"
+    with pytest.raises(InvalidInputError) as info:
+        client.protect(images, KEY, steps=1)
+    assert info.value.item == 9 and info.value.input_name == "IMAGE" and "cannot be decoded" in info.value.reason
+
+
+def test_enroll_and_verify(client: AnonymixerClient) -> None:
+    photos = faces(2, seed=23)
+    template = client.enroll(photos, KEY)
+    assert template.images == 2 and abs(float(np.linalg.norm(template.vector)) - 1) < 1e-5
+    same = client.verify(photos[0], KEY, template, threshold=0.0)
+    other = client.verify(photos[0], Key("another key"), template, threshold=0.0)
+    assert same.score > other.score and same.is_match
+
+
+def test_scene_mode_is_reported_as_not_served(client: AnonymixerClient) -> None:
+    with pytest.raises(NotServedError, match="anonymixer_scene is not served"):
+        client.protect_scene(faces(1)[0], KEY)
+
+
+def test_a_short_deadline_maps_to_deadline_exceeded(triton_server: EmbeddedTritonServer) -> None:
+    with AnonymixerClient(triton_server.grpc_url, timeout_s=0.5) as short, pytest.raises(DeadlineExceededError):
+        short.protect([faces(1, seed=24)[0]], KEY, steps=300)
+
+
+def test_keys_never_show_and_cannot_be_pickled() -> None:
+    assert "client-test" not in repr(KEY) and "client-test" not in f"{KEY}"
+    with pytest.raises(TypeError):
+        pickle.dumps(KEY)
+    with pytest.raises(ValueError, match="1–1024 bytes"):
+        Key(b"")
+
+
+def test_async_client(triton_server: EmbeddedTritonServer) -> None:
+    async def run() -> tuple:
+        async with AsyncAnonymixerClient(triton_server.grpc_url, timeout_s=120) as c:
+            await c.wait_until_ready(30)
+            result = await c.protect(faces(3, seed=25), KEY, groups=[1, 1, 2], steps=1)
+            template = await c.enroll(faces(2, seed=26), KEY)
+            return result, template
+
+    result, template = asyncio.run(run())
+    assert len(result) == 3 and template.images == 2
+
+
+def test_client_metrics(triton_server: EmbeddedTritonServer) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from anonymixer_client.metrics import ClientMetrics
+
+    registry = CollectorRegistry()
+    with AnonymixerClient(triton_server.grpc_url, metrics=ClientMetrics(registry)) as c:
+        c.protect([faces(1, seed=27)[0]], KEY, steps=1)
+        with pytest.raises(InvalidInputError):
+            c.protect([b"junk"], KEY)
+    text = generate_latest(registry).decode()
+    assert 'anonymixer_client_requests_total{method="protect",outcome="ok"} 1.0' in text
+    assert 'outcome="InvalidInputError"' in text and "anonymixer_client_bytes_sent_total" in text
+
+
+def test_waits_for_a_server_that_starts_later(triton_repository: Path, tmp_path: Path) -> None:
+    repository = Path(shutil.copytree(triton_repository, tmp_path / "repository"))
+    port = free_port()
+    outcome: list = []
+    client = AnonymixerClient(f"127.0.0.1:{port}")
+    waiter = threading.Thread(target=lambda: outcome.append(client.wait_until_ready(90) or "ready"))
+    waiter.start()
+    time.sleep(2)  # the client is already polling a port nobody listens on
+    with EmbeddedTritonServer(repository, grpc_port=port):
+        waiter.join(90)
+        assert outcome == ["ready"]
+        assert client.health()["models"]["anonymixer"] == "READY"
+    client.close()
+
+
+def test_tls(triton_repository: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    repository = Path(shutil.copytree(triton_repository, tmp_path / "repository"))
+    args = ("--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}")
+    with EmbeddedTritonServer(repository, extra_args=args) as server:
+        with AnonymixerClient(server.grpc_url, ssl=True, root_certificates=str(cert)) as secure:
+            assert secure.protect([faces(1, seed=28)[0]], KEY, steps=1)[0].png.startswith(b"\x89PNG")
+        with AnonymixerClient(server.grpc_url, retries=0, timeout_s=5) as plain, pytest.raises(Exception):  # noqa: B017, PT011
+            plain.health()
+
+
+def test_cli_protects_a_folder_resumably(
+    triton_server: EmbeddedTritonServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, im in enumerate(faces(3, seed=29)):
+        (folder / f"face{i}.png").write_bytes(png(im))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"cli-secret-8812\n")
+    argv = [
+        "--url",
+        triton_server.grpc_url,
+        "protect",
+        str(folder),
+        "--key-file",
+        str(key_file),
+        "--out",
+        str(tmp_path / "out"),
+        "--steps",
+        "1",
+    ]
+    assert client_main(argv) == 3  # some items failed
+    err = capsys.readouterr().err
+    assert "broken.jpg: cannot be decoded" in err
+    lines = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["file"] for r in lines) == sorted(str(folder / f"face{i}.png") for i in range(3))
+    assert all(len(r["template"]) == 128 and "original_similarity" in r for r in lines)
+    assert client_main(argv) == 3  # a rerun skips what is done
+    assert "0 protected, 3 already done, 1 failed" in capsys.readouterr().out
+    assert client_main(["--url", triton_server.grpc_url, "health"]) == 0
+    assert '"max_batch_size": 8' in capsys.readouterr().out
+    template = tmp_path / "t.json"
+    assert (
+        client_main(
+            [
+                "--url",
+                triton_server.grpc_url,
+                "enroll",
+                str(folder / "face0.png"),
+                "--key-file",
+                str(key_file),
+                "--template",
+                str(template),
+            ]
+        )
+        == 0
+    )
+    assert (
+        client_main(
+            [
+                "--url",
+                triton_server.grpc_url,
+                "verify",
+                str(folder / "face0.png"),
+                "--key-file",
+                str(key_file),
+                "--template",
+                str(template),
+                "--threshold",
+                "0.9",
+            ]
+        )
+        == 0
+    )
+    assert client_main(["--url", f"127.0.0.1:{free_port()}", "--timeout", "3", "health"]) == 4
+    assert client_main(["protect"]) == 2
+
+
+def test_client_installs_without_torch() -> None:
+    """Resolve the client's dependencies from scratch (no install): torch must not be among them."""
+    client_dir = Path(__file__).resolve().parents[1] / "client"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            "-",
+            str(client_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if done.returncode != 0 and "No matching distribution" in done.stderr + done.stdout:
+        pytest.skip("no package index reachable")
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(done.stdout)["install"]}
+    assert {"anonymixer-client", "tritonclient", "numpy", "pillow"} <= names
+    assert not {n for n in names if n.startswith(("torch", "nvidia-"))}
