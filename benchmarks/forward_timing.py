@@ -10,7 +10,6 @@ Writes ``benchmarks/results/forward_<device>.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from anonymixer import profiles
-from benchmarks.machine import describe
+from benchmarks.machine import save_record
 
 
 def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> dict[str, float]:
@@ -69,11 +68,7 @@ def main() -> None:
     for name, fn in cases.items():
         results[name] = timed(fn, args.repeats, dev)
         print(f"{name:50s} {results[name]['median_s'] * 1000:10.1f} ms (median of {args.repeats})", flush=True)
-    record = {"benchmark": "forward_timing", "device": dev, "machine": describe(), "results": results}
-    out = Path(args.out) / f"forward_{dev}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_record(Path(args.out) / f"forward_{dev}.json", "forward_timing", results, device=dev)
 
 
 if __name__ == "__main__":

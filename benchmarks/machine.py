@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,3 +35,13 @@ def describe() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def save_record(path: str | Path, benchmark: str, results: Any, **context: Any) -> Path:
+    """Write ``{"benchmark", **context, "machine", "results"}`` as JSON and say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": benchmark, **context, "machine": describe(), "results": results}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

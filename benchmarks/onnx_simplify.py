@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.machine import describe
+from benchmarks.machine import save_record
 
 
 def session(path: Path, level: ort.GraphOptimizationLevel, optimized_out: Path | None = None):
@@ -85,17 +85,8 @@ def main() -> None:
                 )
             rows[name] = row
             print(name, row, flush=True)
-    record = {
-        "benchmark": "onnx_simplify",
-        "onnx": str(args.onnx),
-        "batch": args.batch,
-        "machine": describe(),
-        "onnxruntime": ort.__version__,
-        "results": rows,
-    }
     out = args.out or Path(__file__).parent / "results" / f"onnx_simplify_{manifest['bundle']['profile']}.json"
-    Path(out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_record(out, "onnx_simplify", rows, onnx=str(args.onnx), batch=args.batch, onnxruntime=ort.__version__)
 
 
 if __name__ == "__main__":

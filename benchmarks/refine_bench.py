@@ -13,7 +13,6 @@ process's peak RSS on the CPU. Writes ``benchmarks/results/refine_<profile>_<dev
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, E4EFeatureLoss, resize
 from anonymixer.mixing import mix_latents
 from anonymixer.refine import refine_latents
-from benchmarks.machine import describe
+from benchmarks.machine import save_record
 
 FULL_STEPS = 50
 
@@ -88,11 +87,9 @@ def main() -> None:
                 f"{row['images_per_s_at_50_steps']:7.3f} images/s at 50 steps, peak {row['peak_memory_mib']:.0f} MiB",
                 flush=True,
             )
-    record = {"benchmark": "refine_bench", "profile": args.profile, "machine": describe(), "results": rows}
-    out = Path(args.out) / f"refine_{args.profile}_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_record(
+        Path(args.out) / f"refine_{args.profile}_{device.type}.json", "refine_bench", rows, profile=args.profile
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import io
 import json
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import anonymixer
 from anonymixer import bundle, profiles
 from anonymixer.images import save_grid
 from anonymixer.samples import aligned, builtin_faces, faces_from
-from optimizer_backend.server import EmbeddedTritonServer, ServerError
+from optimizer_backend.server import EmbeddedTritonServer, serve_until_stopped
 
 CACHE = Path("build/cache")
 DEMO_KEYS = ("demo key A", "demo key B")
@@ -92,29 +91,7 @@ def serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
-
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
-
-    signal.signal(signal.SIGTERM, terminate)
-    server.start()
-    try:
-        server.wait_ready(args.ready_timeout)
-        print(
-            f"anonymixer ready on {server.repository}\n  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
-            f"  metrics {server.metrics_url}\n  log     {server.log_file}\nCtrl-C stops it.",
-            flush=True,
-        )
-        assert server.process is not None
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        server.stop()
-    return 0
+    return serve_until_stopped(server, args.ready_timeout)
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -187,6 +187,33 @@ class EmbeddedTritonServer:
         self.stop()
 
 
+def serve_until_stopped(server: EmbeddedTritonServer, ready_timeout_s: float) -> int:
+    """Start, print the endpoints once ready, and run until Ctrl-C or SIGTERM; then stop cleanly."""
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
+
+    signal.signal(signal.SIGTERM, terminate)
+    server.start()
+    try:
+        server.wait_ready(ready_timeout_s)
+        print(
+            f"anonymixer ready on {server.repository}\n  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
+            f"  metrics {server.metrics_url}\n  log     {server.log_file}\nCtrl-C stops it.",
+            flush=True,
+        )
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m optimizer_backend.server --repository DIR``: serve until Ctrl-C or SIGTERM."""
     import argparse
@@ -209,25 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file=args.log_file,
     )
 
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
-
-    signal.signal(signal.SIGTERM, terminate)
-    server.start()
-    try:
-        server.wait_ready(args.ready_timeout)
-        print(
-            f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
-            f"log {server.log_file}",
-            flush=True,
-        )
-        assert server.process is not None
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0
+    return serve_until_stopped(server, args.ready_timeout)
 
 
 if __name__ == "__main__":

@@ -109,8 +109,8 @@ def test_server_command_line_serves_and_stops_on_sigterm(server: EmbeddedTritonS
         text=True,
     )
     try:
-        line = process.stdout.readline()
-        assert f"gRPC 127.0.0.1:{ports[0]}" in line
+        lines = [process.stdout.readline() for _ in range(2)]
+        assert "anonymixer ready" in lines[0] and f"127.0.0.1:{ports[0]}" in lines[1]
         with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as c:
             assert c.is_model_ready("e4e_encoder")
         process.send_signal(signal.SIGTERM)
