@@ -54,6 +54,8 @@ def _repository(args: argparse.Namespace) -> None:
         instances=args.instances,
         ort_provider=args.ort_provider,
         protect_max_batch=args.protect_max_batch,
+        max_queue_size=args.max_queue_size,
+        queue_timeout_s=args.queue_timeout,
         algorithm=args.algorithm,
         stages_via=args.stages_via,
     )
@@ -130,6 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         help="embedded target on GPUs: onnxruntime's CUDA or TensorRT provider",
     )
     r.add_argument("--protect-max-batch", type=int, default=8, help="anonymixer: items per execute (default 8)")
+    r.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=64,
+        help="anonymixer: requests allowed to wait; more are refused at once (default 64)",
+    )
+    r.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=300.0,
+        help="anonymixer: seconds a request may wait in the queue before it is refused (default 300)",
+    )
     r.add_argument("--algorithm", default="{}", help='anonymixer: JSON settings, e.g. \'{"steps": 30, "views": 0}\'')
     r.add_argument(
         "--stages-via",

@@ -271,3 +271,58 @@ def test_metrics_and_no_keys_in_the_log(client, triton_server: EmbeddedTritonSer
     assert b"rejected a request" in log  # the log is being written…
     for key in SECRET_KEYS:  # …and never holds a key
         assert key not in log
+
+
+def test_overload_is_refused_fast(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """A full queue refuses new requests at once instead of queueing them forever."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    repository = tmp_path / "repository"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "repository",
+            "--bundle",
+            str(tiny_bundle_dir),
+            "--out",
+            str(repository),
+            "--max-batch",
+            "8",
+            "--protect-max-batch",
+            "1",
+            "--max-queue-size",
+            "1",
+            "--algorithm",
+            TEST_ALGORITHM,
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    with EmbeddedTritonServer(repository) as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
+        slow = request_inputs([FACE], [SECRET_KEYS[0]], steps=[100])  # seconds of work each
+
+        def timed() -> tuple[str | None, float]:
+            begin = time.perf_counter()
+            try:
+                c.infer("anonymixer", slow, client_timeout=120)
+                return None, time.perf_counter() - begin
+            except InferenceServerException as exc:
+                return str(exc), time.perf_counter() - begin
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(lambda _: timed(), range(6)))
+        refused = [(e, t) for e, t in outcomes if e is not None]
+        served = [t for e, t in outcomes if e is None]
+        print(
+            f"overload: {len(served)} served ({max(served):.1f} s max), {len(refused)} refused "
+            f"({max(t for _, t in refused):.2f} s max)"
+        )
+        assert refused and served and all("queue" in e.lower() for e, _ in refused)
+        assert max(t for _, t in refused) < min(served)  # refused at once, not after waiting
+        assert c.is_server_ready()
