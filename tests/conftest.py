@@ -41,37 +41,36 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TEST_ALGORITHM = '{"steps": 5, "views": 0}'  # fast refinements for the server tests
 
 
-@pytest.fixture(scope="session")
-def triton_repository(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
-    """The tiny embedded repository, built by the README's command."""
+def build_test_repository(bundle_dir: Path, out: Path, *options: str) -> Path:
+    """A tiny embedded repository, built by the README's command (fast refinements unless overridden)."""
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("triton") / "repository"
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "repository",
-            "--bundle",
-            str(tiny_bundle_dir),
-            "--target",
-            "embedded",
-            "--out",
-            str(out),
-            "--max-batch",
-            "8",
-            "--algorithm",
-            TEST_ALGORITHM,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "repository",
+        "--bundle",
+        str(bundle_dir),
+        "--target",
+        "embedded",
+        "--out",
+        str(out),
+        "--max-batch",
+        "8",
+        "--algorithm",
+        TEST_ALGORITHM,
+        *options,
+    ]
+    built = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def triton_repository(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
+    return build_test_repository(tiny_bundle_dir, tmp_path_factory.mktemp("triton") / "repository")
 
 
 @pytest.fixture(scope="session")

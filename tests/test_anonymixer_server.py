@@ -19,7 +19,7 @@ from anonymixer import bundle
 from anonymixer.config import ProtectConfig
 from anonymixer.protect import Protector
 from optimizer_backend.server import EmbeddedTritonServer
-from tests.conftest import TEST_ALGORITHM
+from tests.conftest import TEST_ALGORITHM, build_test_repository
 from tests.test_protect import faces
 
 SECRET_KEYS = (b"s3cret-key-alpha-7731", b"s3cret-key-bravo-9124")  # grepped for in the server log
@@ -275,34 +275,8 @@ def test_metrics_and_no_keys_in_the_log(client, triton_server: EmbeddedTritonSer
 
 def test_overload_is_refused_fast(tiny_bundle_dir: Path, tmp_path: Path) -> None:
     """A full queue refuses new requests at once instead of queueing them forever."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    repository = tmp_path / "repository"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "repository",
-            "--bundle",
-            str(tiny_bundle_dir),
-            "--out",
-            str(repository),
-            "--max-batch",
-            "8",
-            "--protect-max-batch",
-            "1",
-            "--max-queue-size",
-            "1",
-            "--algorithm",
-            TEST_ALGORITHM,
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
+    repository = build_test_repository(
+        tiny_bundle_dir, tmp_path / "repository", "--protect-max-batch", "1", "--max-queue-size", "1"
     )
     with EmbeddedTritonServer(repository) as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
         slow = request_inputs([FACE], [SECRET_KEYS[0]], steps=[100])  # seconds of work each

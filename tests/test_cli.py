@@ -34,15 +34,19 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_serve_builds_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["optimizer_backend.cli", "serve"], ["optimizer_backend.server"]],
+    ids=["anonymixer serve", "python -m optimizer_backend.server"],
+)
+def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path, command: list[str]) -> None:
     repository = Path(shutil.copytree(triton_repository, tmp_path / "repository"))  # its own processes
     ports = [free_port() for _ in range(3)]
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "optimizer_backend.cli",
-            "serve",
+            *command,
             "--repository",
             str(repository),
             "--grpc-port",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +15,6 @@ from tritonclient.utils import InferenceServerException
 from anonymixer import bundle
 from exporter.onnx_export import MODELS, sample_input, signatures, torch_modules
 from optimizer_backend.server import EmbeddedTritonServer
-from tests.conftest import REPO
 
 TOL = 1e-4
 
@@ -80,41 +77,3 @@ def test_a_bad_request_fails_alone_and_the_server_stays_ready(client) -> None:
         infer(client, "face_embedder", np.zeros((9, 3, 112, 112), np.float32), "face", "embedding")  # > max batch
     ok = infer(client, "face_embedder", np.zeros((2, 3, 112, 112), np.float32), "face", "embedding")
     assert ok.as_numpy("embedding").shape[0] == 2 and client.is_server_ready()
-
-
-def test_server_command_line_serves_and_stops_on_sigterm(server: EmbeddedTritonServer, tmp_path: Path) -> None:
-    import signal
-
-    from optimizer_backend.server import free_port
-
-    ports = [str(free_port()) for _ in range(3)]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "optimizer_backend.server",
-            "--repository",
-            str(server.repository),
-            "--grpc-port",
-            ports[0],
-            "--http-port",
-            ports[1],
-            "--metrics-port",
-            ports[2],
-            "--log-file",
-            str(tmp_path / "log.txt"),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines = [process.stdout.readline() for _ in range(2)]
-        assert "anonymixer ready" in lines[0] and f"127.0.0.1:{ports[0]}" in lines[1]
-        with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as c:
-            assert c.is_model_ready("e4e_encoder")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
