@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class LoadedCheckpoint:
     latent_avg: torch.Tensor | None = None  # e4e: [n_latent, style_dim]; rosinality: [style_dim]
     face_embedder: nn.Module | None = None
     face_embedder_arch: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -259,4 +258,3 @@ def _load_e4e(obj: dict[str, Any], ckpt: LoadedCheckpoint) -> None:
     if tuple(latent_avg.shape) != (encoder.n_styles, arch["style_dim"]):
         raise CheckpointError(f"{name}: latent_avg has shape {list(latent_avg.shape)}")
     ckpt.encoder, ckpt.encoder_arch, ckpt.latent_avg = encoder.eval(), arch, latent_avg.contiguous()
-    ckpt.extras["opts"] = {k: opts[k] for k in ("stylegan_size", "encoder_type", "start_from_latent_avg") if k in opts}

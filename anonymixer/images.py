@@ -26,12 +26,6 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB image → [3, size, size] float32 in [-1, 1] (bicubic resize)."""
-    arr = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
-
-
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]: clamp, then a linear map."""
     x = (images.detach().float().clamp(-1, 1) + 1) * 127.5

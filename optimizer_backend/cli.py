@@ -28,6 +28,7 @@ import anonymixer
 from anonymixer import bundle, profiles
 from anonymixer.images import save_grid
 from anonymixer.samples import aligned, builtin_faces, faces_from
+from optimizer_backend.decode import encode_png
 from optimizer_backend.server import EmbeddedTritonServer, serve_until_stopped
 
 CACHE = Path("build/cache")
@@ -94,12 +95,6 @@ def serve(args: argparse.Namespace) -> int:
     return serve_until_stopped(server, args.ready_timeout)
 
 
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def protect_over_grpc(
     url: str, images: list[bytes], key: bytes, steps: int | None = None, timeout_s: float = 600.0, chunk: int = 8
 ) -> dict:
@@ -140,7 +135,7 @@ def demo(args: argparse.Namespace) -> int:
     if not faces:
         raise SystemExit("no faces: give --faces, or install scikit-image for the built-in sample")
     originals = [aligned(face) for _, face in faces]
-    payload = [_png(im) for im in originals]
+    payload = [encode_png(im) for im in originals]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile == "tiny":

@@ -76,9 +76,6 @@ class Template:
     vector: Vector
     images: int = 1
 
-    def score(self, other: Vector) -> float:
-        return float(np.dot(self.vector, other))
-
 
 @dataclass
 class Verification:
