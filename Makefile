@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml client/pyproject.toml scripts/install.sh
 
 install: $(STAMP)
 
-# The built-in sample portrait, plus one real photo when ../shared is beside the checkout.
-DEMO_FACES := $(wildcard ../shared/data/faces/img1.jpg)
+# The built-in sample portrait, plus two real photos when ../shared is beside the checkout.
+DEMO_FACES := $(wildcard ../shared/data/faces/img1.jpg ../shared/data/faces/couple.jpg)
 
 demo: $(STAMP)
 	$(VENV)/bin/anonymixer demo --out out/demo $(if $(DEMO_FACES),--faces $(DEMO_FACES))

@@ -6,14 +6,32 @@ Triton model passes its ``config.pbtxt`` parameters through :meth:`ProtectConfig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, TypeVar
 
 from anonymixer.augment import MAX_VIEWS
 from anonymixer.losses import ATTRIBUTE_LOSSES
 from anonymixer.mixing import MIX_MODES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+T = TypeVar("T")
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """A settings dataclass from a JSON object: unknown keys are refused by name, lists become
+    tuples, and fields that are dataclasses themselves take nested objects."""
+    assert is_dataclass(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {[where + k for k in unknown]}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        if is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(type(default), value, f"{where}{name}.")
+        kwargs[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -62,9 +80,4 @@ class ProtectConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProtectConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown protect config key(s) {unknown}; known: {sorted(known)}")
-        tuples = {"identity_layers", "betas", "lr_milestones"}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in values.items()})
+        return config_from_dict(cls, values)

@@ -1,8 +1,5 @@
-"""Sample faces for the demo: the built-in portrait and pictures from files or folders.
-
-Until scene mode brings face detection and alignment, a photo is centre-cropped to a square and
-resized: a stand-in for alignment, good enough to exercise the service.
-"""
+"""Sample photos for the demo: the built-in portrait and pictures from files or folders, and their
+faces aligned the way the service aligns them (MTCNN landmarks → the e4e 256 template)."""
 
 from __future__ import annotations
 
@@ -10,26 +7,25 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
 
-from anonymixer.images import center_square, open_rgb
+from anonymixer.face_detection import FaceDetector
+from anonymixer.images import open_rgb
+from anonymixer.scene import align_face
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-# The face of the public-domain NASA portrait that scikit-image ships as ``astronaut.png``.
-ASTRONAUT_FACE_BOX = (150, 20, 330, 200)
-ALIGNED = 256
 
 
-def builtin_faces() -> list[tuple[str, Image.Image]]:
-    """The astronaut portrait shipped inside the scikit-image wheel (empty if it is not installed)."""
+def builtin_photos() -> list[tuple[str, np.ndarray]]:
+    """The NASA astronaut portrait (public domain) that ships inside the scikit-image wheel
+    (empty if scikit-image is not installed)."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
         return []
-    path = Path(spec.origin).parent / "data" / "astronaut.png"
-    return [("astronaut", open_rgb(path).crop(ASTRONAUT_FACE_BOX))]
+    return [("astronaut", np.asarray(open_rgb(Path(spec.origin).parent / "data" / "astronaut.png")))]
 
 
-def faces_from(paths: list[str], limit: int) -> list[tuple[str, Image.Image]]:
+def photos_from(paths: list[str], limit: int) -> list[tuple[str, np.ndarray]]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -37,9 +33,14 @@ def faces_from(paths: list[str], limit: int) -> list[tuple[str, Image.Image]]:
         elif p.is_file():
             files.append(p)
         else:
-            raise SystemExit(f"--faces: {p} does not exist")
-    return [(f.stem, center_square(open_rgb(f))) for f in files[:limit]]
+            raise SystemExit(f"{p} does not exist")
+    return [(f.stem, np.asarray(open_rgb(f))) for f in files[:limit]]
 
 
-def aligned(face: Image.Image) -> np.ndarray:
-    return np.asarray(face.resize((ALIGNED, ALIGNED), Image.BICUBIC))
+def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256) -> np.ndarray | None:
+    """The largest face of ``photo`` aligned to the e4e template (uint8 [size, size, 3]), or None."""
+    rows = detector.detect(photo)
+    if not len(rows):
+        return None
+    row = rows[np.argmax((rows[:, 2] - rows[:, 0]) * (rows[:, 3] - rows[:, 1]))]
+    return align_face(torch.tensor(photo).permute(2, 0, 1).float(), row, size)[0]

@@ -58,6 +58,10 @@ def _repository(args: argparse.Namespace) -> None:
         queue_timeout_s=args.queue_timeout,
         algorithm=args.algorithm,
         stages_via=args.stages_via,
+        scene_max_batch=args.scene_max_batch,
+        scene=args.scene,
+        detector=args.detector,
+        max_photo_pixels=args.max_photo_pixels,
     )
     onnx_dir = Path(args.onnx) if args.onnx else Path(args.out).with_name(Path(args.out).name + "-onnx")
     if not args.onnx:
@@ -150,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=["bls", "torch"],
         default="bls",
         help="anonymixer: run encode/map/render/embed through BLS (default) or in-process torch",
+    )
+    r.add_argument("--scene-max-batch", type=int, default=4, help="anonymixer_scene: photos per execute (default 4)")
+    r.add_argument(
+        "--scene",
+        default="{}",
+        help='anonymixer_scene: JSON settings, e.g. \'{"min_face": 64, "small_faces": "keep"}\' (anonymixer.scene)',
+    )
+    r.add_argument("--detector", default="{}", help="face_detector: JSON settings (anonymixer.face_detection)")
+    r.add_argument(
+        "--max-photo-pixels", type=int, default=40_000_000, help="anonymixer_scene: largest photo (default 40 M)"
     )
     r.set_defaults(run=_repository)
 

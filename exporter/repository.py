@@ -26,6 +26,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from anonymixer.face_detection import WEIGHT_FILES, packaged_weights_dir
+
 TARGETS = ("embedded", "onnxruntime", "tensorrt")
 SHIM = (
     '"""Triton entry point; the logic lives in {module}."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
@@ -48,6 +50,11 @@ class RepositoryOptions:
     queue_timeout_s: float = 300.0  # a request still queued after this is refused
     algorithm: str = "{}"  # JSON object of ProtectConfig overrides
     stages_via: str = "bls"  # "bls" | "torch" for the gradient-free stages
+    # scene mode (anonymixer_scene + face_detector)
+    scene_max_batch: int = 4  # photos per execute
+    scene: str = "{}"  # JSON object of SceneConfig overrides
+    detector: str = "{}"  # JSON object of DetectorConfig overrides
+    max_photo_pixels: int = 40_000_000  # larger photos are refused before decoding
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -111,18 +118,63 @@ def anonymixer_config(embedding_size: int, options: RepositoryOptions) -> mc.Mod
     batching.default_queue_policy.default_timeout_microseconds = int(options.queue_timeout_s * 1e6)
     batching.default_queue_policy.allow_timeout_override = True
     batching.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    group = config.instance_group.add(count=1)
-    if options.gpus:
-        group.kind = mc.ModelInstanceGroup.KIND_GPU
-        group.gpus.extend(options.gpus[:1])
-    else:
-        group.kind = mc.ModelInstanceGroup.KIND_CPU
+    _instance_on_first_gpu(config, options)
     json.loads(options.algorithm)  # must be a JSON object; ProtectConfig checks the keys at load
     params = {
         "bundle": "bundle",
         "algorithm": options.algorithm,
         "network_max_batch": str(options.max_batch_size),
         **{f"{stage}_via": options.stages_via for stage in ("encode", "mapping", "render", "embed")},
+    }
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def _instance_on_first_gpu(config: mc.ModelConfig, options: RepositoryOptions) -> None:
+    group = config.instance_group.add(count=1)
+    if options.gpus:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        group.gpus.extend(options.gpus[:1])
+    else:
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+
+
+def face_detector_config(options: RepositoryOptions) -> mc.ModelConfig:
+    """MTCNN as a Python model on the CPU (a cascade with crops and NMS between its networks)."""
+    config = mc.ModelConfig(name="face_detector", backend="python", max_batch_size=options.scene_max_batch)
+    config.input.add(name="image", data_type=mc.TYPE_FP32, dims=[3, -1, -1])
+    config.output.add(name="faces", data_type=mc.TYPE_FP32, dims=[-1, 15])
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    config.instance_group.add(count=options.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    json.loads(options.detector)
+    config.parameters["weights"].string_value = "mtcnn"
+    config.parameters["detector"].string_value = options.detector
+    return config
+
+
+def scene_config(options: RepositoryOptions) -> mc.ModelConfig:
+    """The public ``anonymixer_scene`` model: photos in, photos with every face protected out."""
+    config = mc.ModelConfig(name="anonymixer_scene", backend="python", max_batch_size=options.scene_max_batch)
+    for name, dtype, optional in (
+        ("IMAGE", mc.TYPE_STRING, False),
+        ("KEY", mc.TYPE_STRING, False),
+        ("STEPS", mc.TYPE_INT32, True),
+    ):
+        config.input.add(name=name, data_type=dtype, dims=[1], optional=optional)
+    config.output.add(name="IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="FACES", data_type=mc.TYPE_FP32, dims=[-1, 15])
+    config.output.add(name="FACE_ACTIONS", data_type=mc.TYPE_STRING, dims=[-1])
+    config.dynamic_batching.max_queue_delay_microseconds = options.protect_queue_delay_us
+    config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    algorithm = json.loads(options.algorithm)
+    json.loads(options.scene)
+    params = {
+        "scene": options.scene,
+        "max_image_pixels": str(options.max_photo_pixels),
+        "protect_max_batch": str(options.protect_max_batch),
+        "max_steps": str(algorithm.get("max_steps", 500)),
     }
     for key, value in params.items():
         config.parameters[key].string_value = value
@@ -148,8 +200,10 @@ def build_repository(
     engines_dir: str | Path | None = None,
     bundle_dir: str | Path | None = None,
 ) -> dict[str, Path]:
-    """One model folder per exported network, plus the ``anonymixer`` model when ``bundle_dir`` is
-    given (its bundle is copied into its version folder); returns {model name: folder}."""
+    """One model folder per exported network, plus, when ``bundle_dir`` is given, the ``anonymixer``
+    model (its bundle copied into its version folder) and scene mode (``face_detector`` with the
+    MTCNN weights of the installed facenet-pytorch wheel, ``anonymixer_scene``); returns
+    {model name: folder}."""
     onnx_dir, out = Path(onnx_dir), Path(out_dir)
     manifest = json.loads((onnx_dir / "onnx_manifest.json").read_text())
     models = {}
@@ -181,6 +235,20 @@ def build_repository(
         shutil.copytree(bundle_dir, folder / "1" / "bundle")
         (folder / "1" / "model.py").write_text(SHIM.format(module="optimizer_backend.anonymixer_model"))
         models["anonymixer"] = folder
+        for name, config, module in (
+            ("face_detector", face_detector_config(options), "optimizer_backend.detector_model"),
+            ("anonymixer_scene", scene_config(options), "optimizer_backend.scene_model"),
+        ):
+            folder = out / name
+            if folder.exists():
+                shutil.rmtree(folder)
+            write_config(folder, config)
+            (folder / "1").mkdir()
+            (folder / "1" / "model.py").write_text(SHIM.format(module=module))
+            models[name] = folder
+        (out / "face_detector" / "1" / "mtcnn").mkdir()
+        for file in WEIGHT_FILES.values():
+            shutil.copy2(packaged_weights_dir() / file, out / "face_detector" / "1" / "mtcnn" / file)
     (out / "repository.json").write_text(
         json.dumps({"target": options.target, "models": sorted(models), "bundle": manifest["bundle"]}, indent=2) + "\n"
     )

@@ -26,8 +26,9 @@ from PIL import Image
 
 import anonymixer
 from anonymixer import bundle, profiles
+from anonymixer.face_detection import FaceDetector
 from anonymixer.images import save_grid
-from anonymixer.samples import aligned, builtin_faces, faces_from
+from anonymixer.samples import aligned_face, builtin_photos, photos_from
 from optimizer_backend.decode import encode_png
 from optimizer_backend.server import EmbeddedTritonServer, serve_until_stopped
 
@@ -127,14 +128,43 @@ def protect_over_grpc(
     }
 
 
+def scene_over_grpc(url: str, photo: bytes, key: bytes, steps: int | None, timeout_s: float = 600.0) -> dict:
+    """One ``anonymixer_scene`` request with plain tritonclient: the photo and what happened to each face."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, value, dtype in (("IMAGE", photo, "BYTES"), ("KEY", key, "BYTES"), ("STEPS", steps, "INT32")):
+        if value is None:
+            continue
+        tensor = grpcclient.InferInput(name, [1, 1], dtype)
+        tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_ if dtype == "BYTES" else np.int32))
+        inputs.append(tensor)
+    start = time.perf_counter()
+    with grpcclient.InferenceServerClient(url) as client:
+        result = client.infer("anonymixer_scene", inputs, client_timeout=timeout_s)
+    return {
+        "image": np.asarray(Image.open(io.BytesIO(result.as_numpy("IMAGE")[0, 0]))),
+        "actions": [a.decode() for a in result.as_numpy("FACE_ACTIONS")[0] if a],
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     bundle_dir = prepare_bundle(args.profile, args.weights)
     repository = prepare_repository(bundle_dir, gpu=args.gpu)
-    faces = builtin_faces() + faces_from(args.faces, args.limit)
+    photos = builtin_photos() + photos_from(args.faces, args.limit)
+    detector = FaceDetector()
+    faces = []
+    for name, photo in photos:
+        face = aligned_face(photo, detector)
+        if face is None:
+            print(f"{name}: no face found, skipped for the aligned-face part", file=sys.stderr)
+        else:
+            faces.append((name, face))
     if not faces:
         raise SystemExit("no faces: give --faces, or install scikit-image for the built-in sample")
-    originals = [aligned(face) for _, face in faces]
+    originals = [face for _, face in faces]
     payload = [encode_png(im) for im in originals]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +185,16 @@ def demo(args: argparse.Namespace) -> int:
             results = list(
                 pool.map(lambda k: protect_over_grpc(server.grpc_url, payload, k.encode(), args.steps), args.keys)
             )
+        print(f"scene mode: {len(photos)} whole photo(s) with key 1 …", file=sys.stderr)
+        scenes = [
+            scene_over_grpc(server.grpc_url, encode_png(photo), args.keys[0].encode(), args.steps)
+            for _, photo in photos
+        ]
         stats = _execution_stats(server.grpc_url)
+    scene_dir = out / "scenes"
+    scene_dir.mkdir(exist_ok=True)
+    for (name, photo), scene in zip(photos, scenes, strict=True):
+        Image.fromarray(np.concatenate([photo, scene["image"]], axis=1)).save(scene_dir / f"{name}.png")
     columns = [np.stack(originals)] + [
         np.stack([np.asarray(Image.open(io.BytesIO(p))) for p in r["pngs"]]) for r in results
     ]
@@ -183,6 +222,10 @@ def demo(args: argparse.Namespace) -> int:
             if len(results) > 1
             else []
         ),
+        "scenes": [
+            {"photo": name, "faces": scene["actions"], "seconds": round(scene["seconds"], 2)}
+            for (name, _), scene in zip(photos, scenes, strict=True)
+        ],
         "server": stats,
         "total_seconds": round(time.perf_counter() - start, 1),
     }
@@ -190,9 +233,11 @@ def demo(args: argparse.Namespace) -> int:
     for i, r in enumerate(results):
         sims = ", ".join(f"{name} {s:+.3f}" for (name, _), s in zip(faces, r["similarity"], strict=True))
         print(f"key {i + 1}: {r['seconds']:.1f} s; cos(protected, original): {sims}")
+    for scene in summary["scenes"]:
+        print(f"scene {scene['photo']}: {len(scene['faces'])} face(s) {scene['faces']} in {scene['seconds']} s")
     print(
-        f"wrote {grid} (original, then one column per key) and {out / 'summary.json'}; "
-        f"{summary['total_seconds']} s in all"
+        f"wrote {grid} (aligned original, then one column per key), {scene_dir}/*.png (photo | protected "
+        f"photo) and {out / 'summary.json'}; {summary['total_seconds']} s in all"
     )
     return 0
 
@@ -227,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ready-timeout", type=float, default=600.0)
     s.set_defaults(run=serve)
     d = sub.choices["demo"]
-    d.add_argument("--faces", nargs="*", default=[], help="face images or folders, after the built-in sample")
-    d.add_argument("--limit", type=int, default=2, help="at most this many --faces files (default 2)")
+    d.add_argument("--faces", nargs="*", default=[], help="photos or folders, after the built-in sample")
+    d.add_argument("--limit", type=int, default=3, help="at most this many --faces files (default 3)")
     d.add_argument(
         "--keys",
         nargs="+",

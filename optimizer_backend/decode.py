@@ -1,4 +1,5 @@
-"""Request decoding and validation for the ``anonymixer`` model, independent of Triton.
+"""Request decoding and validation for the ``anonymixer`` and ``anonymixer_scene`` models,
+independent of Triton.
 
 Each problem is a :class:`ItemError` that names the input, the item and the reason; the model turns
 it into an error for that request alone. Keys are checked for length only and never appear in a
@@ -37,8 +38,16 @@ class Item:
     steps: int | None
 
 
-def decode_image(data: bytes, item: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded JPEG/PNG/WebP/… → uint8 RGB [S, S, 3]; EXIF orientation applied, modes converted."""
+@dataclass
+class PhotoItem:
+    photo: np.ndarray  # uint8 [H, W, 3], EXIF orientation applied
+    key: SecretKey
+    steps: int | None
+
+
+def decode_image(data: bytes, item: int, max_pixels: int = DEFAULT_MAX_PIXELS, *, aligned: bool = True) -> np.ndarray:
+    """Encoded JPEG/PNG/WebP/… → uint8 RGB [H, W, 3]; EXIF orientation applied, modes converted.
+    An ``aligned`` face must be square."""
     if not data:
         raise ItemError("IMAGE", item, "empty", "empty_image")
     try:
@@ -61,9 +70,9 @@ def decode_image(data: bytes, item: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ItemError("IMAGE", item, f"cannot be decoded as an image ({type(exc).__name__})", "undecodable") from None
     rgb = to_rgb(image)
     h, w = rgb.shape[:2]
-    if h != w:
+    if aligned and h != w:
         raise ItemError("IMAGE", item, f"an aligned face must be square, got {w}×{h}", "not_square")
-    if w < MIN_SIDE:
+    if min(w, h) < MIN_SIDE:
         raise ItemError("IMAGE", item, f"too small ({w}×{h}; at least {MIN_SIDE} px)", "too_small")
     return rgb
 
@@ -104,37 +113,59 @@ def _rows(name: str, array: np.ndarray | None, n: int, dtypes: tuple[type, ...])
     return [row[0] for row in array]
 
 
-def parse_request(
-    inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[Item]:
-    """IMAGE/KEY/GROUP/STEPS arrays of one request (batch-first, [n, 1]) → validated items."""
+def _common_rows(inputs: dict[str, np.ndarray | None], max_steps: int) -> tuple[list, list, list | None]:
+    """The IMAGE, KEY and STEPS rows every model takes, checked for presence, type and shape."""
     images = inputs.get("IMAGE")
     if images is None or inputs.get("KEY") is None:
         raise ItemError("IMAGE" if images is None else "KEY", None, "missing", "missing_input")
     raw_images = _rows("IMAGE", images, images.shape[0] if images.ndim else 0, (np.object_, np.bytes_))
-    n = len(raw_images)
-    keys = _rows("KEY", inputs["KEY"], n, (np.object_, np.bytes_))
-    groups = _rows("GROUP", inputs.get("GROUP"), n, (np.int64,))
-    steps = _rows("STEPS", inputs.get("STEPS"), n, (np.int32,))
-    items = []
-    for i in range(n):
-        step = None if steps is None else int(steps[i])
-        if step is not None and not 0 <= step <= max_steps:
+    assert raw_images is not None
+    keys = _rows("KEY", inputs["KEY"], len(raw_images), (np.object_, np.bytes_))
+    assert keys is not None
+    steps = _rows("STEPS", inputs.get("STEPS"), len(raw_images), (np.int32,))
+    for i, step in enumerate(steps or []):
+        if not 0 <= step <= max_steps:
             raise ItemError("STEPS", i, f"{step} is out of range [0, {max_steps}]", "bad_steps")
-        items.append(
-            Item(
-                image=decode_image(bytes(raw_images[i]), i, max_pixels),
-                key=decode_key(bytes(keys[i]), i),
-                group=None if groups is None else int(groups[i]),
-                steps=step,
-            )
+    return raw_images, keys, steps
+
+
+def parse_request(
+    inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Item]:
+    """IMAGE/KEY/GROUP/STEPS arrays of one request (batch-first, [n, 1]) → validated items."""
+    raw_images, keys, steps = _common_rows(inputs, max_steps)
+    n = len(raw_images)
+    groups = _rows("GROUP", inputs.get("GROUP"), n, (np.int64,))
+    items = [
+        Item(
+            image=decode_image(bytes(raw_images[i]), i, max_pixels),
+            key=decode_key(bytes(keys[i]), i),
+            group=None if groups is None else int(groups[i]),
+            steps=None if steps is None else int(steps[i]),
         )
+        for i in range(n)
+    ]
     first: dict[int, int] = {}
     for i, item in enumerate(items):
         if item.group is not None and items[first.setdefault(item.group, i)].key != item.key:
             reason = f"shares group {item.group} with item {first[item.group]} but not its key (one person, one key)"
             raise ItemError("GROUP", i, reason, "group_key_conflict")
     return items
+
+
+def parse_scene_request(
+    inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[PhotoItem]:
+    """IMAGE/KEY/STEPS arrays of one ``anonymixer_scene`` request → validated photos."""
+    raw_images, keys, steps = _common_rows(inputs, max_steps)
+    return [
+        PhotoItem(
+            photo=decode_image(bytes(raw_images[i]), i, max_pixels, aligned=False),
+            key=decode_key(bytes(keys[i]), i),
+            steps=None if steps is None else int(steps[i]),
+        )
+        for i in range(len(raw_images))
+    ]
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -24,6 +24,8 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
     fi
 fi
 "${PIP[@]}" -e ".[test,demo]" -e "./client[metrics]"   # the client installs on its own too
+# The MTCNN face detector's weights ship inside this wheel; its code and stale pins are not used.
+"${PIP[@]}" --no-deps "facenet-pytorch==2.6.0"
 
 # The embedded Triton server's Python-backend stub links the system libpython (DESIGN §3).
 PYV=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

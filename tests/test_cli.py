@@ -92,7 +92,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     rows = 1 + len(extra) // 2
     assert summary["profile"] == "tiny" and summary["keys"] == 2 and len(summary["faces"]) == rows
     assert len(summary["template_cosine_between_keys"]) == rows
-    assert summary["server"]["inference_count"] == 2 * rows  # items, not requests
+    # items, not requests: 2 keys × the aligned faces, plus the faces of the scene-mode pass
+    assert [scene["faces"] for scene in summary["scenes"]] == [["protected"]] * rows
+    assert summary["server"]["inference_count"] == 3 * rows
+    side_by_side = np.asarray(Image.open(tmp_path / "demo" / "scenes" / "astronaut.png"))
+    assert side_by_side.shape == (512, 1024, 3) and not np.array_equal(side_by_side[:, :512], side_by_side[:, 512:])
     grid = np.asarray(Image.open(tmp_path / "demo" / "before_after.png"))
     assert grid.shape == (4 + rows * TILE, 4 + 3 * TILE, 3)
     key_a, key_b = grid[4:TILE, 4 + TILE : 2 * TILE], grid[4:TILE, 4 + 2 * TILE : 3 * TILE]

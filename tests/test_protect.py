@@ -211,7 +211,7 @@ def test_bundle_json_algorithm_section_configures(tmp_path: Path, tiny_bundle_di
     assert p.config.identity_layers == (2, 6) and p.protect(faces(1), b"k")[0].steps == 3
     config["algorithm"] = {"step": 3}
     (folder / "bundle.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"unknown protect config key\(s\) \['step'\]"):
+    with pytest.raises(ValueError, match=r"unknown ProtectConfig key\(s\) \['step'\]"):
         Protector(bundle.load(folder))
 
 

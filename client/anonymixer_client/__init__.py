@@ -17,18 +17,20 @@ from anonymixer_client.errors import (
     NotServedError,
     ServerUnavailableError,
 )
-from anonymixer_client.types import Key, ProtectedFace, Template, Verification
+from anonymixer_client.types import DetectedFace, Key, ProtectedFace, ProtectedScene, Template, Verification
 
 __all__ = [
     "AnonymixerClient",
     "AnonymixerError",
     "AsyncAnonymixerClient",
     "DeadlineExceededError",
+    "DetectedFace",
     "InvalidInputError",
     "Key",
     "ModelNotReadyError",
     "NotServedError",
     "ProtectedFace",
+    "ProtectedScene",
     "ServerUnavailableError",
     "Template",
     "Verification",

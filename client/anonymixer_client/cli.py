@@ -1,4 +1,5 @@
-"""``anonymixer-client``: protect folders of faces, enroll, verify and check the service from a shell.
+"""``anonymixer-client``: protect folders of faces or whole photos, enroll, verify and check the
+service from a shell.
 
 Exit codes: 0 ok, 2 bad usage, 3 some items failed (listed), 4 server unavailable.
 """
@@ -9,8 +10,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -19,6 +22,7 @@ from anonymixer_client.client import DEFAULT_THRESHOLD, AnonymixerClient
 from anonymixer_client.errors import AnonymixerError, InvalidInputError, ModelNotReadyError, ServerUnavailableError
 from anonymixer_client.types import Key, Template
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_OK, EXIT_USAGE, EXIT_ITEMS_FAILED, EXIT_UNAVAILABLE = 0, 2, 3, 4
 
@@ -35,43 +39,44 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def cmd_protect(client: AnonymixerClient, args: argparse.Namespace) -> int:
-    key = Key.from_file(args.key_file)
+def output_name(path: Path, data: bytes) -> str:
+    suffix = ".png" if data.startswith(PNG_SIGNATURE) else ".jpg"
+    return f"{path.stem}.protected{suffix}"
+
+
+def process_files(args: argparse.Namespace, unit: str, call: Callable[[Path], tuple[bytes, dict[str, Any]]]) -> int:
+    """Run ``call`` on every input file, ``args.concurrency`` at a time, writing each result to
+    --out and a JSON line to results.jsonl; files done by an earlier run are skipped (resumable)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = image_files(args.inputs)
-    todo = [f for f in files if not (out / f"{f.stem}.protected.png").exists()]  # resumable
+    done = {p.name.split(".protected")[0] for p in out.glob("*.protected.*")}
+    todo = [f for f in files if f.stem not in done]
     failed: list[str] = []
     results = out / "results.jsonl"
     with (
         open(results, "a") as log,
         ThreadPoolExecutor(args.concurrency) as pool,
-        tqdm(total=len(files), initial=len(files) - len(todo), unit="face", desc="protect") as bar,
+        tqdm(total=len(files), initial=len(files) - len(todo), unit=unit, desc=args.command) as bar,
     ):
 
-        def one(path: Path) -> tuple[Path, float, object]:
+        def one(path: Path) -> tuple[Path, float, tuple[bytes, dict[str, Any]] | InvalidInputError]:
             start = time.perf_counter()
             try:
-                return path, time.perf_counter() - start, client.protect([path], key, steps=args.steps)[0]
+                return path, time.perf_counter() - start, call(path)
             except InvalidInputError as exc:
                 return path, time.perf_counter() - start, exc
 
-        futures = [pool.submit(one, f) for f in todo]
-        for future in as_completed(futures):
+        for future in as_completed([pool.submit(one, f) for f in todo]):
             path, seconds, outcome = future.result()
             bar.update()
             if isinstance(outcome, InvalidInputError):
                 failed.append(f"{path}: {outcome.reason}")
                 continue
-            (out / f"{path.stem}.protected.png").write_bytes(outcome.png)  # type: ignore[attr-defined]
-            record = {
-                "file": str(path),
-                "output": f"{path.stem}.protected.png",
-                "template": [round(float(v), 6) for v in outcome.template],  # type: ignore[attr-defined]
-                "original_similarity": outcome.original_similarity,  # type: ignore[attr-defined]
-                "seconds": round(seconds, 3),
-            }
-            log.write(json.dumps(record) + "\n")
+            data, record = outcome
+            name = output_name(path, data)
+            (out / name).write_bytes(data)
+            log.write(json.dumps({"file": str(path), "output": name, **record, "seconds": round(seconds, 3)}) + "\n")
             log.flush()
     print(
         f"{len(todo) - len(failed)} protected, {len(files) - len(todo)} already done, {len(failed)} failed; "
@@ -80,6 +85,32 @@ def cmd_protect(client: AnonymixerClient, args: argparse.Namespace) -> int:
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     return EXIT_ITEMS_FAILED if failed else EXIT_OK
+
+
+def cmd_protect(client: AnonymixerClient, args: argparse.Namespace) -> int:
+    key = Key.from_file(args.key_file)
+
+    def protect(path: Path) -> tuple[bytes, dict[str, Any]]:
+        face = client.protect([path], key, steps=args.steps)[0]
+        return face.png, {
+            "template": [round(float(v), 6) for v in face.template],
+            "original_similarity": face.original_similarity,
+        }
+
+    return process_files(args, "face", protect)
+
+
+def cmd_scene(client: AnonymixerClient, args: argparse.Namespace) -> int:
+    key = Key.from_file(args.key_file)
+
+    def protect_scene(path: Path) -> tuple[bytes, dict[str, Any]]:
+        scene = client.protect_scene(path, key, steps=args.steps)
+        faces = [
+            {"box": [round(v, 1) for v in f.box], "score": round(f.score, 4), "action": f.action} for f in scene.faces
+        ]
+        return scene.data, {"faces": faces}
+
+    return process_files(args, "photo", protect_scene)
 
 
 def cmd_enroll(client: AnonymixerClient, args: argparse.Namespace) -> int:
@@ -116,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--steps", type=int, default=None)
     p.set_defaults(run=cmd_protect)
+    sc = sub.add_parser("scene", help="whole photos (files or folders): every face replaced, into --out")
+    sc.add_argument("inputs", nargs="+")
+    sc.add_argument("--key-file", required=True)
+    sc.add_argument("--out", required=True)
+    sc.add_argument("--concurrency", type=int, default=2)
+    sc.add_argument("--steps", type=int, default=None)
+    sc.set_defaults(run=cmd_scene)
     e = sub.add_parser("enroll", help="a person's photos → a template file")
     e.add_argument("inputs", nargs="+")
     e.add_argument("--key-file", required=True)

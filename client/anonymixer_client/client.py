@@ -13,13 +13,15 @@ import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
-from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, NotServedError, map_error
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, map_error
 from anonymixer_client.metrics import ClientMetrics
 from anonymixer_client.types import (
+    DetectedFace,
     ImageLike,
     Key,
     KeyLike,
     ProtectedFace,
+    ProtectedScene,
     Template,
     Vector,
     Verification,
@@ -84,6 +86,23 @@ def parse_faces(result: Any) -> list[ProtectedFace]:
     return [
         ProtectedFace(bytes(pngs[i, 0]), templates[i].astype(np.float32), float(sims[i, 0])) for i in range(len(pngs))
     ]
+
+
+def parse_scene(result: Any) -> ProtectedScene:
+    """The first item of an ``anonymixer_scene`` response; padding rows (empty action) dropped."""
+    rows = result.as_numpy("FACES")[0]
+    actions = result.as_numpy("FACE_ACTIONS")[0]
+    faces = [
+        DetectedFace(
+            box=(float(row[0]), float(row[1]), float(row[2]), float(row[3])),
+            score=float(row[4]),
+            landmarks=[(float(row[5 + 2 * k]), float(row[6 + 2 * k])) for k in range(5)],
+            action=bytes(action).decode(),
+        )
+        for row, action in zip(rows, actions, strict=True)
+        if action
+    ]
+    return ProtectedScene(bytes(result.as_numpy("IMAGE")[0, 0]), faces)
 
 
 def normalise_keys(key: KeyLike | Sequence[KeyLike], n: int) -> list[bytes]:
@@ -279,11 +298,18 @@ class AnonymixerClient:
     ) -> Verification:
         return verification(self.protect([image], key)[0], template, threshold)
 
-    def protect_scene(self, image: ImageLike, key: KeyLike) -> bytes:
-        """A full photo with every face protected (needs the scene model on the server)."""
-        if SCENE_MODEL not in self.health()["models"]:
-            raise NotServedError(f"{SCENE_MODEL} is not served by this server ({self.url})")
+    def protect_scene(self, image: ImageLike, key: KeyLike, *, steps: int | None = None) -> ProtectedScene:
+        """A whole photo with every face protected (or blurred, if too small), and what was found.
+        Raises ``NotServedError`` if the server has no scene model."""
         raw = encode_image(image)
-        inputs = build_inputs(grpcclient, [raw], [Key.of(key).reveal()], None, None)
-        result = self._call(self._grpc().infer, SCENE_MODEL, inputs[:2])
-        return bytes(result.as_numpy("IMAGE")[0, 0])
+        inputs = build_inputs(grpcclient, [raw], [Key.of(key).reveal()], None, steps)
+        start = time.perf_counter()
+        try:
+            result = self._grpc().infer(SCENE_MODEL, inputs, client_timeout=self.timeout_s)
+        except Exception as exc:
+            error = map_error(exc)
+            self._record("protect_scene", type(error).__name__, 1, start, len(raw), 0)
+            raise error from None
+        scene = parse_scene(result)
+        self._record("protect_scene", "ok", 1, start, len(raw), len(scene.data))
+        return scene

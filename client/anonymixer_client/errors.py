@@ -34,7 +34,7 @@ class ModelNotReadyError(AnonymixerError):
 
 
 class NotServedError(ModelNotReadyError):
-    """This server does not serve the model at all (for example the scene model)."""
+    """This server does not serve the model at all (for example a repository without scene mode)."""
 
 
 def map_error(exc: Exception, index: list[int] | None = None) -> AnonymixerError:
@@ -55,6 +55,8 @@ def map_error(exc: Exception, index: list[int] | None = None) -> AnonymixerError
         return InvalidInputError(text, input_name=match.group(1), item=item, reason=match.group(3))
     if "INVALID_ARGUMENT" in status or "unexpected" in message.lower() or "datatype" in message.lower():
         return InvalidInputError(message)
-    if "not found" in message.lower() or "is not ready" in message.lower() or "unknown model" in message.lower():
+    if "unknown model" in message.lower():
+        return NotServedError(message)
+    if "not found" in message.lower() or "is not ready" in message.lower():
         return ModelNotReadyError(message)
     return AnonymixerError(f"{status}: {message}" if status else message)

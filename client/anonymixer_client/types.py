@@ -85,6 +85,24 @@ class Verification:
     face: ProtectedFace | None = field(default=None, repr=False)
 
 
+@dataclass
+class DetectedFace:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the photo's pixels (EXIF-rotated)
+    score: float
+    landmarks: list[tuple[float, float]]  # eyes, nose, mouth corners (left = image left)
+    action: str  # "protected" | "blurred" (too small to protect) | "kept" (too small, left alone)
+
+
+@dataclass
+class ProtectedScene:
+    data: bytes  # the photo with its faces replaced (PNG unless the server says otherwise)
+    faces: list[DetectedFace]
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.data))
+
+
 def encode_image(image: ImageLike) -> bytes:
     """Paths and bytes go as they are (the server decodes); PIL images and uint8 arrays become PNG."""
     if isinstance(image, (str, Path)):

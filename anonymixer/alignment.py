@@ -1,0 +1,78 @@
+"""Five-point face alignment (DESIGN §5): a least-squares similarity transform onto a template.
+
+Landmarks are (x, y) in pixel coordinates with pixel centres at integers (the convention of
+OpenCV's ``warpAffine`` and of the templates below), ordered left eye, right eye, nose, left and
+right mouth corner. A transform is a float64 [2, 3] matrix mapping photo → aligned coordinates;
+:func:`invert` gives the way back, which paste-back uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# e4e/pSp input: the FFHQ alignment expressed as 5 points on a 256 px crop.
+E4E_TEMPLATE_256 = np.array(
+    [[73.5318, 90.3065], [182.4682, 90.3065], [128.0, 152.9873], [85.5172, 202.5765], [170.4828, 202.5765]]
+)
+# The standard ArcFace/InsightFace 112×112 template (face recognition on photos).
+ARCFACE_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The rotation + uniform scale + translation (no reflection) that maps ``src`` [N, 2] onto
+    ``dst`` [N, 2] with the least squared error; [2, 3] float64."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need ≥ 2 matching (x, y) points, got {src.shape} and {dst.shape}")
+    x, y = src[:, 0], src[:, 1]
+    ones, zeros = np.ones_like(x), np.zeros_like(x)
+    # x' = a·x − b·y + tx ;  y' = b·x + a·y + ty
+    system = np.concatenate([np.stack([x, -y, ones, zeros], 1), np.stack([y, x, zeros, ones], 1)])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(system, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def invert(matrix: np.ndarray) -> np.ndarray:
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Transform (x, y) points [N, 2]."""
+    return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
+
+
+def template_transform(landmarks: np.ndarray, template: np.ndarray, size: int, template_size: int) -> np.ndarray:
+    """Photo → aligned transform for a crop of ``size`` px, the template given at ``template_size``."""
+    scale = size / template_size
+    # Pixel centres sit at integers, so scaling a template keeps the crop's centre fixed.
+    return similarity_transform(landmarks, (np.asarray(template) + 0.5) * scale - 0.5)
+
+
+def sample_grid(matrix: np.ndarray, out_h: int, out_w: int, in_h: int, in_w: int) -> torch.Tensor:
+    """The ``grid_sample`` grid [1, out_h, out_w, 2] that reads, for each output pixel, the input
+    pixel ``matrix`` maps it to (``align_corners=False`` normalisation)."""
+    ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
+    src = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
+    norm = (2 * src + 1) / np.array([in_w, in_h]) - 1
+    return torch.from_numpy(norm.reshape(1, out_h, out_w, 2)).float()
+
+
+def warp(image: torch.Tensor, matrix: np.ndarray, out_h: int, out_w: int, padding: str = "reflection") -> torch.Tensor:
+    """Resample ``image`` [C, H, W] (float) so output pixel p shows input pixel ``invert(matrix)·p``:
+    ``matrix`` maps input → output coordinates, as in ``cv2.warpAffine``. Bilinear."""
+    grid = sample_grid(invert(matrix), out_h, out_w, image.shape[1], image.shape[2]).to(image.device)
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode=padding, align_corners=False)[0]
+
+
+def align(
+    photo: torch.Tensor, landmarks: np.ndarray, template: np.ndarray, size: int, template_size: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Aligned crop [C, size, size] of ``photo`` [C, H, W] and its photo → crop transform. The
+    border is reflected (DESIGN §5), so faces at the photo's edge still fill the crop."""
+    matrix = template_transform(landmarks, template, size, template_size)
+    return warp(photo, matrix, size, size), matrix

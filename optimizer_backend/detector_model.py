@@ -1,0 +1,57 @@
+"""The ``face_detector`` Triton Python-backend model: MTCNN (anonymixer.face_detection) on the CPU.
+
+Input ``image`` FP32 [3, H, W] (RGB, 0–255; any size); output ``faces`` FP32 [N, 15] per image
+(box, score, 5 landmarks, left to right). MTCNN is a cascade with data-dependent crops and
+non-maximum suppression between its three small networks, so it is served as one Python model
+rather than as ONNX graphs. Images of one request share a shape; when their face counts differ
+the shorter lists are padded with zero rows (score 0 marks padding).
+
+Parameters: ``weights`` (folder in the version folder holding pnet.pt, rnet.pt and onet.pt,
+default ``mtcnn``), ``detector`` (JSON object of DetectorConfig overrides).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anonymixer.config import config_from_dict
+from anonymixer.face_detection import ROW, DetectorConfig, FaceDetector
+from optimizer_backend.onnx_model import model_parameters
+
+try:  # only importable inside the Triton Python backend
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover
+    pb_utils = None
+
+
+def padded(lists: list[np.ndarray]) -> np.ndarray:
+    """Per-image detections → one [B, max N, 15] array, zero rows as padding."""
+    out = np.zeros((len(lists), max((len(rows) for rows in lists), default=0), ROW), np.float32)
+    for i, rows in enumerate(lists):
+        out[i, : len(rows)] = rows
+    return out
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        params = model_parameters(json.loads(args["model_config"]))
+        folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "mtcnn")
+        config = config_from_dict(DetectorConfig, json.loads(params.get("detector", "{}")))
+        self.detector = FaceDetector(folder, config)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+            if images.ndim != 4 or images.shape[1] != 3:
+                error = pb_utils.TritonError(f"image: shape must be [batch, 3, H, W], got {list(images.shape)}")
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            photos = np.clip(np.round(images), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+            faces = padded([self.detector.detect(photo) for photo in photos])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("faces", faces)]))
+        return responses
