@@ -125,7 +125,7 @@ def blur_face(photo: np.ndarray, box: np.ndarray, feather: float = 0.2, margin: 
     if found is None:
         return
     x0, y0, x1_, y1_ = found
-    radius = max(2.0, max(w, h) / 4)
+    radius = float(max(2.0, max(w, h) / 4))
     pad = int(np.ceil(radius))
     # Blur a window a little larger than the ellipse so its edge sees real neighbours, not padding.
     wx0, wy0 = max(x0 - pad, 0), max(y0 - pad, 0)

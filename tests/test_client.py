@@ -22,7 +22,6 @@ from anonymixer_client import (
     DeadlineExceededError,
     InvalidInputError,
     Key,
-    NotServedError,
 )
 from anonymixer_client.cli import main as client_main
 from optimizer_backend.server import EmbeddedTritonServer, free_port
@@ -72,11 +71,6 @@ def test_enroll_and_verify(client: AnonymixerClient) -> None:
     same = client.verify(photos[0], KEY, template, threshold=0.0)
     other = client.verify(photos[0], Key("another key"), template, threshold=0.0)
     assert same.score > other.score and same.is_match
-
-
-def test_scene_mode_is_reported_as_not_served(client: AnonymixerClient) -> None:
-    with pytest.raises(NotServedError, match="anonymixer_scene is not served"):
-        client.protect_scene(faces(1)[0], KEY)
 
 
 def test_a_short_deadline_maps_to_deadline_exceeded(triton_server: EmbeddedTritonServer) -> None:

@@ -1,0 +1,145 @@
+"""``anonymixer_scene`` and ``face_detector`` on the real embedded Triton server, and the scene client/CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from anonymixer.alignment import E4E_TEMPLATE_256, template_transform
+from anonymixer.face_detection import FaceDetector
+from anonymixer.images import open_rgb
+from anonymixer.paste_back import FaceMask
+from anonymixer.samples import builtin_photos
+from anonymixer_client import AnonymixerClient, InvalidInputError, Key, NotServedError
+from anonymixer_client.cli import main as client_main
+from anonymixer_client.errors import map_error
+from optimizer_backend.server import EmbeddedTritonServer
+from tests.conftest import FACES, need
+from tests.test_anonymixer_server import png, request_inputs
+
+KEY = Key(b"scene-server-test-key-5521")
+
+
+@pytest.fixture(scope="module")
+def client(triton_server: EmbeddedTritonServer):
+    with AnonymixerClient(triton_server.grpc_url, timeout_s=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    return builtin_photos()[0][1]
+
+
+def outside_masks(shape: tuple[int, ...], landmarks: list[np.ndarray]) -> np.ndarray:
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    outside = np.ones(shape[:2], bool)
+    for marks in landmarks:
+        matrix = template_transform(marks, E4E_TEMPLATE_256, 256, 256)
+        uv = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
+        outside &= FaceMask().alpha(uv[:, 0], uv[:, 1], 256).reshape(shape[:2]) == 0
+    return outside
+
+
+def test_a_real_photo_gets_every_face_replaced(client: AnonymixerClient) -> None:
+    photo = np.asarray(open_rgb(need(FACES / "couple.jpg")))
+    scene = client.protect_scene(FACES / "couple.jpg", KEY, steps=1)
+    out = np.asarray(scene.image)
+    assert out.shape == photo.shape and [f.action for f in scene.faces] == ["protected", "protected"]
+    assert scene.faces[0].box[0] < scene.faces[1].box[0]  # left to right
+    outside = outside_masks(photo.shape, [np.array(f.landmarks, np.float32).astype(np.float64) for f in scene.faces])
+    assert np.array_equal(out[outside], photo[outside])  # JPEG decoded once, PNG out: bit-identical
+    assert np.abs(out.astype(int) - photo)[~outside].mean() > 10
+
+
+def test_the_detector_model_matches_the_library(triton_server: EmbeddedTritonServer, portrait: np.ndarray) -> None:
+    ramp = np.tile(np.linspace(0, 255, 512, dtype=np.float32)[None, :], (512, 1))
+    batch = np.stack([portrait.transpose(2, 0, 1).astype(np.float32), np.stack([ramp] * 3)])
+    tensor = grpcclient.InferInput("image", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as c:
+        faces = c.infer("face_detector", [tensor], client_timeout=60).as_numpy("faces")
+    expected = FaceDetector().detect(portrait)
+    assert faces.shape == (2, 1, 15)
+    assert np.allclose(faces[0], expected, atol=1e-3) and not faces[1].any()  # padding row for the empty image
+
+
+def test_exif_orientation_is_honoured(client: AnonymixerClient, portrait: np.ndarray) -> None:
+    upright = client.protect_scene(portrait, KEY, steps=1)
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(portrait).transpose(Image.Transpose.ROTATE_90).save(buffer, format="PNG", exif=exif)
+    rotated = client.protect_scene(buffer.getvalue(), KEY, steps=1)
+    assert np.array_equal(np.asarray(rotated.image), np.asarray(upright.image))
+    assert [f.box for f in rotated.faces] == [f.box for f in upright.faces]
+
+
+def test_photos_without_faces_come_back_unchanged(client: AnonymixerClient) -> None:
+    ramp = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    scene = client.protect_scene(ramp, KEY)
+    assert scene.faces == [] and np.array_equal(np.asarray(scene.image), ramp)
+
+
+def test_small_faces_are_blurred_and_reported(client: AnonymixerClient, portrait: np.ndarray) -> None:
+    small = np.asarray(Image.fromarray(portrait).resize((160, 160), Image.BICUBIC))
+    scene = client.protect_scene(small, KEY, steps=1)
+    assert [f.action for f in scene.faces] == ["blurred"]  # a ~30 px face, under min_face 40
+    assert not np.array_equal(np.asarray(scene.image), small)
+
+
+def test_bad_photos_fail_alone_and_the_server_keeps_serving(client: AnonymixerClient, portrait: np.ndarray) -> None:
+    huge = png(Image.new("RGB", (8000, 6000)))  # 48 M pixels, a few kB of PNG
+    cases = [(b"not an image", "cannot be decoded"), (huge, "8000×6000 is over the limit of 40000000 pixels")]
+    with ThreadPoolExecutor(3) as pool:
+        good = pool.submit(client.protect_scene, portrait, KEY, steps=1)
+        bad = [pool.submit(client.protect_scene, data, KEY) for data, _ in cases]
+        for future, (_, reason) in zip(bad, cases, strict=True):
+            with pytest.raises(InvalidInputError, match=reason):
+                future.result()
+        assert [f.action for f in good.result().faces] == ["protected"]
+    assert client.health()["ready"]
+
+
+def test_one_request_with_photos_of_different_face_counts(
+    triton_server: EmbeddedTritonServer, portrait: np.ndarray
+) -> None:
+    ramp = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    inputs = request_inputs([png(ramp), png(portrait)], [b"k1", b"k2"], steps=[1, 1])
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as c:
+        result = c.infer("anonymixer_scene", inputs, client_timeout=120)
+    assert result.as_numpy("FACES").shape == (2, 1, 15)
+    assert result.as_numpy("FACE_ACTIONS").tolist() == [[b""], [b"protected"]]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.as_numpy("IMAGE")[0, 0]))), ramp)
+
+
+def test_an_unserved_model_is_named(triton_server: EmbeddedTritonServer) -> None:
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as c, pytest.raises(InferenceServerException) as info:
+        c.infer("anonymixer_scene_v9", request_inputs([b"x"], [b"k"]))
+    assert isinstance(map_error(info.value), NotServedError)
+
+
+def test_scene_cli_writes_protected_photos(
+    triton_server: EmbeddedTritonServer, tmp_path: Path, portrait: np.ndarray
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(portrait).save(photos / "astronaut.jpg", quality=95)
+    (photos / "broken.jpg").write_bytes(b"broken")
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"cli scene key\n")
+    args = ["--url", triton_server.grpc_url, "scene", str(photos), "--key-file", str(key_file), "--out"]
+    assert client_main([*args, str(tmp_path / "out"), "--steps", "1"]) == 3  # one file failed
+    out = np.asarray(Image.open(tmp_path / "out" / "astronaut.protected.png"))
+    assert out.shape == portrait.shape
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert record["output"] == "astronaut.protected.png" and [f["action"] for f in record["faces"]] == ["protected"]
+    assert "cli scene key" not in (tmp_path / "out" / "results.jsonl").read_text()
