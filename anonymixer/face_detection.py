@@ -128,11 +128,8 @@ class FaceDetector:
         """uint8 RGB [H, W, 3] → float32 [N, 15] detections (see the module docstring)."""
         if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
             raise ValueError(f"photo must be uint8 [H, W, 3], got {photo.dtype} {list(photo.shape)}")
-        h, w = photo.shape[:2]
-        shrink = min(1.0, self.config.max_side / max(h, w))
-        image = torch.tensor(photo).permute(2, 0, 1)[None].float()
-        if shrink < 1:
-            image = F.interpolate(image, size=(round(h * shrink), round(w * shrink)), mode="area")
+        small, shrink = shrink_for_detection(photo, self.config.max_side)
+        image = torch.tensor(small).permute(2, 0, 1)[None].float()
         pad = round(self.config.border * max(image.shape[2:]))
         rows = self._cascade(F.pad(image, (pad, pad, pad, pad)))
         rows[:, :4] = (rows[:, :4] - pad) / shrink
@@ -188,6 +185,18 @@ class FaceDetector:
         corners, scores, shifts = (np.concatenate(parts) for parts in zip(*found, strict=True))
         pick = nms_keep(corners, scores, cfg.nms[1])
         return regress(corners[pick], shifts[pick], plus_one=False)
+
+
+def shrink_for_detection(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``photo`` area-downscaled to at most ``max_side`` on its long side, and the scale used
+    (detections divide by it). Faces of a few pixels are lost, which is the point: bounded cost."""
+    h, w = photo.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1:
+        return photo, 1.0
+    image = torch.tensor(photo).permute(2, 0, 1)[None].float()
+    small = F.interpolate(image, size=(round(h * scale), round(w * scale)), mode="area")
+    return small[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(), scale
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

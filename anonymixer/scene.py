@@ -44,6 +44,7 @@ class SceneConfig:
     # people of one photo get different synthetic identities; "shared": every face gets the key itself.
     face_keys: str = "per_face"
     aligned_size: int = 256  # the e4e alignment (DESIGN §5)
+    detect_max_side: int = 1600  # photos go to the detector downscaled to this long side
     colour_match: bool = True
     mask: FaceMask = field(default_factory=FaceMask)
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anonymixer.face_detection import ROW
+from anonymixer.face_detection import ROW, shrink_for_detection
 from anonymixer.scene import SceneConfig, SceneFace, compose, plan_faces, to_protect
 from optimizer_backend.decode import ItemError, PhotoItem, decode_image, encode_png, parse_scene_request
 from optimizer_backend.metrics import ModelMetrics
@@ -137,9 +137,14 @@ class TritonPythonModel:
         return out
 
     def _detect(self, photo: np.ndarray) -> np.ndarray:
-        image = pb_utils.Tensor("image", photo.transpose(2, 0, 1)[None].astype(np.float32))
+        # Shrink here, not in the detector: a 40 M pixel photo is 480 MB as FP32 in shared memory.
+        small, scale = shrink_for_detection(photo, self.config.detect_max_side)
+        image = pb_utils.Tensor("image", small.transpose(2, 0, 1)[None].astype(np.float32))
         faces = pb_utils.get_output_tensor_by_name(call("face_detector", [image], ["faces"]), "faces").as_numpy()[0]
-        return faces[faces[:, 4] > 0]  # drop the padding rows
+        faces = faces[faces[:, 4] > 0].copy()  # drop the padding rows
+        faces[:, :4] /= scale
+        faces[:, 5:] /= scale
+        return faces
 
     def _protect(self, faces: list[SceneFace], steps: int | None) -> list[np.ndarray]:
         n = len(faces)

@@ -39,7 +39,7 @@ def infer(client: grpcclient.InferenceServerClient, name: str, x: np.ndarray, in
 def test_all_models_ready_on_the_cpu(client: grpcclient.InferenceServerClient) -> None:
     assert client.is_server_ready()
     index = {m.name: m.state for m in client.get_model_repository_index().models}
-    assert index == dict.fromkeys((*MODELS, "anonymixer"), "READY")
+    assert index == dict.fromkeys((*MODELS, "anonymixer", "face_detector", "anonymixer_scene"), "READY")
     config = client.get_model_config("stylegan2_synthesis", as_json=True)["config"]
     assert config["backend"] == "python" and config["instance_group"][0]["kind"] == "KIND_CPU"
 
