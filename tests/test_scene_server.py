@@ -142,4 +142,5 @@ def test_scene_cli_writes_protected_photos(
     assert out.shape == portrait.shape
     (record,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert record["output"] == "astronaut.protected.png" and [f["action"] for f in record["faces"]] == ["protected"]
+    assert record["seconds"] > 0
     assert "cli scene key" not in (tmp_path / "out" / "results.jsonl").read_text()

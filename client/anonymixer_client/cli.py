@@ -62,10 +62,12 @@ def process_files(args: argparse.Namespace, unit: str, call: Callable[[Path], tu
 
         def one(path: Path) -> tuple[Path, float, tuple[bytes, dict[str, Any]] | InvalidInputError]:
             start = time.perf_counter()
+            outcome: tuple[bytes, dict[str, Any]] | InvalidInputError
             try:
-                return path, time.perf_counter() - start, call(path)
+                outcome = call(path)
             except InvalidInputError as exc:
-                return path, time.perf_counter() - start, exc
+                outcome = exc
+            return path, time.perf_counter() - start, outcome
 
         for future in as_completed([pool.submit(one, f) for f in todo]):
             path, seconds, outcome = future.result()
