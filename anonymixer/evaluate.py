@@ -54,6 +54,7 @@ from anonymixer.keys import SecretKey
 from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
 from anonymixer.metrics import (
     equal_error_rate,
+    error_rates,
     protection_success_rate,
     rate_at_or_above,
     roc_auc,
@@ -225,9 +226,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, embed in matchers.items():
         e_orig = embed(originals_fr)
         e_prot = [embed(fr_crop(to_unit(faces))) for faces in protected]
-        base = verification(*pair_scores(e_orig, e_orig, people, True))
+        original_pairs = pair_scores(e_orig, e_orig, people, True)
+        protected_pairs = pair_scores(e_prot[0], e_prot[0], people, True)
+        base, preserved = verification(*original_pairs), verification(*protected_pairs)
         thresholds = base.get("thresholds", {})
-        preserved = verification(*pair_scores(e_prot[0], e_prot[0], people, True))
         mated, non_mated = pair_scores(e_prot[0], e_prot[1], people, False)
         link = unlinkability(mated, non_mated)
         own = np.sum(e_prot[0] * e_orig, axis=1)
@@ -245,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         report["matchers"][name] = entry
         plot_unlinkability(link, out / f"unlinkability_{name}.png", name)
+        plot_error_curves({"originals": original_pairs, "protected": protected_pairs}, out / f"det_{name}.png", name)
     grid_rows = [photos.index(next(p for p in photos if p["person"] == person)) for person in sorted(set(people))]
     columns = [to_unit(np.stack([photos[i]["aligned"] for i in grid_rows]))]
     columns += [to_unit(faces[grid_rows]) for faces in protected]
@@ -280,6 +283,32 @@ def plot_unlinkability(link: Any, path: Path, name: str) -> None:
 def pairs(result: dict[str, Any]) -> str:
     counts = result["pairs"]
     return f"{counts['genuine']} / {counts['impostor']}" if isinstance(counts, dict) else f"{counts} (too few)"
+
+
+def plot_error_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, name: str) -> None:
+    """FNMR against FMR (a DET curve on log axes) for each (genuine, impostor) score set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, (genuine, impostor) in curves.items():
+        if not len(genuine) or not len(impostor):
+            continue
+        thresholds = np.unique(np.concatenate([genuine, impostor]))
+        fmr, fnmr = error_rates(genuine, impostor, thresholds)
+        floor = 0.5 / max(len(genuine), len(impostor))  # zero rates drawn at half a pair
+        ax.plot(np.maximum(fmr, floor), np.maximum(fnmr, floor), label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FMR")
+    ax.set_ylabel("FNMR")
+    ax.set_title(f"{name}: error trade-off")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def fmt(value: Any) -> str:
@@ -327,7 +356,11 @@ def markdown(report: dict[str, Any], attack_names: list[str]) -> str:
             f"mean cos(protected, original) = {m['protected_vs_original_cosine_mean']:.4f}.",
             "",
         ]
-    lines += ["`grid.png`: per person, the original, then each key set, then each attack's reconstruction.", ""]
+    lines += [
+        "`grid.png`: per person, the original, then each key set, then each attack's reconstruction; "
+        "`det_<matcher>.png`: FNMR against FMR for the originals and the protected faces.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -351,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --bundle DIR or --server URL")
     report = run(args)
     print((Path(args.out) / "report.md").read_text())
-    print(f"wrote {args.out}/report.json, report.md, grid.png and unlinkability plots", file=sys.stderr)
+    print(f"wrote {args.out}/report.json, report.md, grid.png, det_*.png and unlinkability_*.png", file=sys.stderr)
     return 0 if report["matchers"] else 1
 
 

@@ -39,4 +39,5 @@ def test_the_report_runs_end_to_end(where: str, tmp_path: Path, tiny_bundle_dir:
     assert "Random-weight bundle" in text and "## Matcher `mobilefacenet`" in text
     grid = Image.open(out / "grid.png")
     assert grid.size == (4 + 5 * 132, 4 + 2 * 132)  # original, 2 key sets, 2 attacks; one row per person
-    assert Image.open(out / "unlinkability_mobilefacenet.png").size[0] > 300
+    for plot in ("unlinkability", "det"):
+        assert Image.open(out / f"{plot}_mobilefacenet.png").size[0] > 300
