@@ -1,0 +1,252 @@
+"""Load benchmark of a running service over gRPC, in perf_analyzer's columns.
+
+    python -m benchmarks.load [--url 127.0.0.1:8001 | --start] [--concurrency 1 2 4 8]
+                              [--duration 20] [--warmup 5] [--steps N] [--out DIR]
+
+For each concurrency level, that many threads (one gRPC client each) send one-face requests to
+``anonymixer`` back to back for ``--duration`` seconds, after ``--warmup`` seconds that are not
+counted (a level with no answer yet keeps measuring until one, up to 60 s). Per level it
+records what perf_analyzer reports — Inferences/Second, Client Send,
+Network+Server Send/Recv, Server Queue, Server Compute Input/Infer/Output, Client Recv and the
+p50/p90/p95/p99 latencies, all in µs — the server parts from the deltas of Triton's statistics
+API over the measured window. Client Send is building the request tensors, Client Recv is
+reading the outputs; Network+Server Send/Recv is what is left of the mean latency. Writes
+``load.csv``, ``latency_throughput.png`` and ``summary.md`` (with the machine) to ``--out``
+(default ``benchmarks/results/<date>-<host>/``). ``--start`` starts the embedded server with the
+tiny bundle on loopback for the run. Every level stops by itself (time, and ``--max-requests``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.machine import describe
+
+COLUMNS = [
+    "Concurrency",
+    "Inferences/Second",
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
+]
+
+
+def sample_face() -> bytes:
+    """The built-in portrait's face, aligned as the service expects, as PNG."""
+    from anonymixer.face_detection import FaceDetector
+    from anonymixer.samples import aligned_face, builtin_photos
+    from optimizer_backend.decode import encode_png
+
+    (_, photo), *_ = builtin_photos()
+    face = aligned_face(photo, FaceDetector())
+    assert face is not None
+    return encode_png(face)
+
+
+def server_totals(client: Any, model: str) -> dict[str, int]:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    inference = stats.get("inference_stats", {})
+
+    def ns(name: str) -> int:
+        return int(inference.get(name, {}).get("ns", 0))
+
+    return {
+        "success": int(inference.get("success", {}).get("count", 0)),
+        "queue": ns("queue"),
+        "compute_input": ns("compute_input"),
+        "compute_infer": ns("compute_infer"),
+        "compute_output": ns("compute_output"),
+    }
+
+
+def settled_totals(client: Any, model: str, expected: int, timeout_s: float = 10.0) -> dict[str, int]:
+    """Triton updates its statistics just after it answers: poll until they count every request."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        totals = server_totals(client, model)
+        if totals["success"] >= expected or time.monotonic() > deadline:
+            return totals
+        time.sleep(0.05)
+
+
+def run_level(
+    url: str, model: str, face: bytes, concurrency: int, duration: float, warmup: float, steps: int | None, cap: int
+) -> dict[str, float]:
+    import tritonclient.grpc as grpcclient
+
+    records: list[tuple[float, float, float]] = []  # (latency, send, recv) in seconds, of requests done in the window
+    lock = threading.Lock()
+    measuring = threading.Event()
+    stop = threading.Event()
+    counted = [0]
+
+    def worker(index: int) -> None:
+        with grpcclient.InferenceServerClient(url) as client:
+            n = 0
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                inputs = []
+                for name, value, dtype in (("IMAGE", face, "BYTES"), ("KEY", f"load {index} {n}".encode(), "BYTES")):
+                    tensor = grpcclient.InferInput(name, [1, 1], dtype)
+                    tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+                    inputs.append(tensor)
+                if steps is not None:
+                    tensor = grpcclient.InferInput("STEPS", [1, 1], "INT32")
+                    tensor.set_data_from_numpy(np.array([[steps]], dtype=np.int32))
+                    inputs.append(tensor)
+                t1 = time.perf_counter()
+                result = client.infer(model, inputs, client_timeout=600)
+                t2 = time.perf_counter()
+                result.as_numpy("PROTECTED"), result.as_numpy("TEMPLATE")
+                t3 = time.perf_counter()
+                n += 1
+                if measuring.is_set():  # completed inside the measured window, as perf_analyzer counts
+                    with lock:
+                        records.append((t3 - t0, t1 - t0, t3 - t2))
+                        counted[0] += 1
+                        if counted[0] >= cap:
+                            stop.set()
+
+    with grpcclient.InferenceServerClient(url) as stats_client:
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        time.sleep(warmup)
+        before = server_totals(stats_client, model)
+        measuring.set()
+        start = time.perf_counter()
+        stop.wait(duration)
+        while not records and time.perf_counter() - start < max(60.0, 3 * duration):  # slow levels: wait for one
+            stop.wait(0.1)
+        measuring.clear()
+        elapsed = time.perf_counter() - start
+        stop.set()
+        for thread in threads:
+            thread.join()
+        after = settled_totals(stats_client, model, before["success"] + len(records))
+    if not records:
+        raise SystemExit(f"concurrency {concurrency}: no request finished within {max(60.0, 3 * duration)} s")
+    latency, send, recv = (np.array(column) * 1e6 for column in zip(*records, strict=True))
+    served = max(after["success"] - before["success"], 1)
+
+    def server_us(part: str) -> float:
+        return (after[part] - before[part]) / served / 1e3
+
+    server = {p: server_us(p) for p in ("queue", "compute_input", "compute_infer", "compute_output")}
+    return {
+        "Concurrency": concurrency,
+        "Inferences/Second": len(records) / elapsed,
+        "Client Send": float(send.mean()),
+        "Network+Server Send/Recv": max(float(latency.mean() - send.mean() - recv.mean()) - sum(server.values()), 0.0),
+        "Server Queue": server["queue"],
+        "Server Compute Input": server["compute_input"],
+        "Server Compute Infer": server["compute_infer"],
+        "Server Compute Output": server["compute_output"],
+        "Client Recv": float(recv.mean()),
+        **{f"p{q} latency": float(np.percentile(latency, q)) for q in (50, 90, 95, 99)},
+    }
+
+
+def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    throughput = [r["Inferences/Second"] for r in rows]
+    for q in (50, 99):
+        ax.plot(throughput, [r[f"p{q} latency"] / 1e3 for r in rows], "o-", label=f"p{q}")
+    for r in rows:
+        ax.annotate(f"c={r['Concurrency']}", (r["Inferences/Second"], r["p50 latency"] / 1e3), fontsize=8)
+    ax.set_xlabel("protected faces / s")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="127.0.0.1:8001")
+    parser.add_argument("--start", action="store_true", help="start the embedded tiny server on loopback")
+    parser.add_argument("--model", default="anonymixer")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each level")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="stop a level after this many")
+    parser.add_argument("--steps", type=int, default=None, help="STEPS per request (default: the server's)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    host = platform.node() or "host"
+    out = Path(args.out or f"benchmarks/results/{datetime.date.today().isoformat()}-{host}")
+    out.mkdir(parents=True, exist_ok=True)
+    face = sample_face()
+
+    def sweep(url: str) -> list[dict[str, float]]:
+        rows = []
+        for level in args.concurrency:
+            row = run_level(url, args.model, face, level, args.duration, args.warmup, args.steps, args.max_requests)
+            print(
+                f"concurrency {level}: {row['Inferences/Second']:.2f} infer/s, p50 {row['p50 latency'] / 1e3:.0f} ms, "
+                f"p99 {row['p99 latency'] / 1e3:.0f} ms, server queue {row['Server Queue'] / 1e3:.0f} ms"
+            )
+            rows.append(row)
+        return rows
+
+    if args.start:
+        from optimizer_backend.cli import prepare_bundle, prepare_repository
+        from optimizer_backend.server import EmbeddedTritonServer
+
+        with EmbeddedTritonServer(prepare_repository(prepare_bundle("tiny", None), gpu=False)) as server:
+            rows = sweep(server.grpc_url)
+    else:
+        rows = sweep(args.url)
+    with (out / "load.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    machine = describe()
+    title = f"{args.model}, STEPS {args.steps or 'default'} — {machine.get('cpu', '')} {machine.get('gpu') or ''}"
+    plot(rows, out / "latency_throughput.png", title)
+    lines = [
+        f"# Load benchmark, {args.model}",
+        "",
+        f"STEPS {args.steps or 'server default'}; {args.duration:g} s per level after {args.warmup:g} s warm-up; "
+        "latencies in µs.",
+        "",
+        f"Machine: `{json.dumps(machine)}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + " --- |" * len(COLUMNS),
+    ]
+    lines += [
+        "| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + " |" for r in rows
+    ]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}/load.csv, latency_throughput.png and summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

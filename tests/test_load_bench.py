@@ -1,0 +1,26 @@
+"""benchmarks/load.py against the live loopback server: the perf_analyzer columns, bounded in time."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from benchmarks.load import COLUMNS, main
+from optimizer_backend.server import EmbeddedTritonServer
+
+
+def test_a_short_sweep_writes_the_columns(triton_server: EmbeddedTritonServer, tmp_path: Path) -> None:
+    args = ["--url", triton_server.grpc_url, "--concurrency", "1", "2", "--duration", "3", "--warmup", "1"]
+    assert main([*args, "--steps", "1", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "load.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2] and list(rows[0]) == COLUMNS
+    for row in rows:
+        values = {k: float(v) for k, v in row.items()}
+        assert values["Inferences/Second"] > 0
+        assert values["p50 latency"] <= values["p90 latency"] <= values["p95 latency"] <= values["p99 latency"]
+        server = sum(values[c] for c in COLUMNS[4:8])
+        assert 0 < server <= values["p99 latency"]  # the server's share of a request is inside its latency
+        assert values["Server Compute Infer"] > values["Client Send"]  # a refinement outweighs building a request
+    assert (tmp_path / "latency_throughput.png").stat().st_size > 0
+    assert "| Concurrency |" in (tmp_path / "summary.md").read_text()
