@@ -165,6 +165,13 @@ def run_level(
     }
 
 
+def cell(value: float | int) -> str:
+    """Integers as they are; µs to one decimal; values below 10 (rates) to three significant digits."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
 def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     with (out / "load.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        writer.writerows({k: cell(v) for k, v in r.items()} for r in rows)
     machine = describe()
     title = f"{args.model}, STEPS {args.steps or 'default'} — {machine.get('cpu', '')} {machine.get('gpu') or ''}"
     plot(rows, out / "latency_throughput.png", title)
@@ -240,9 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "| " + " | ".join(COLUMNS) + " |",
         "|" + " --- |" * len(COLUMNS),
     ]
-    lines += [
-        "| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS) + " |" for r in rows
-    ]
+    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}/load.csv, latency_throughput.png and summary.md")
     return 0
