@@ -9,7 +9,9 @@ network weights not frozen) on the same inputs, and reports our speed-up and a c
 
 Runs ``refine_latents`` (the loop the service runs: synthesis, FR crop and embedding, the e4e
 attribute loss, backward for the latent only, Adam) on seeded random weights. Items are refined
-images (no augmented views: a single photo with the default 5 views costs 6 items). images/s is
+images (no augmented views: a single photo with the default 5 views costs 6 items). FLOPs per
+step are counted by torch's FlopCounterMode; achieved TFLOP/s = those FLOPs / measured time, and
+the H100 floor of DESIGN §7 is FLOPs per item-step / 990 TFLOP/s. images/s is
 for the default 50 steps: batch / (50 · ms_per_step). Peak memory is CUDA's max allocated, or the
 process's peak RSS on the CPU. Writes ``benchmarks/results/refine_<profile>_<device>.json``.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from anonymixer import profiles
 from anonymixer.config import ProtectConfig
@@ -35,6 +38,7 @@ from anonymixer.refine import refine_latents
 from benchmarks.machine import save_record
 
 FULL_STEPS = 50
+H100_BF16_FLOPS = 990e12  # dense BF16 peak (DESIGN §7)
 
 
 @contextlib.contextmanager
@@ -97,13 +101,31 @@ def row(batch: int, precision: str, steps: int, seconds: float, peak: float, **e
     }
 
 
+def flops_per_step(run: Callable[[int], Any]) -> int:
+    """FLOPs of one refinement step (forward and backward), counted by torch's FlopCounterMode as
+    the difference between a 2-step and a 1-step call (the per-call set-up cancels out)."""
+    counts = []
+    for steps in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            run(steps)
+        counts.append(counter.get_total_flops())
+    return counts[1] - counts[0]
+
+
 def run_case(model, batch: int, steps: int, precision: str, device: torch.device) -> tuple[dict[str, Any], Any]:
     """Ours: the whole batch under one Adam, frozen weights, gradients for the latent only."""
     mix, x, kwargs = prepare(model, batch, precision, device)
     groups = torch.arange(batch, device=device)
-    refine_latents(mix, x, groups, steps=1, **kwargs)  # warm-up
+    flops = flops_per_step(lambda n: refine_latents(mix, x, groups, steps=n, **kwargs))  # also the warm-up
     result, seconds, peak = timed(device, lambda: refine_latents(mix, x, groups, steps=steps, **kwargs))
-    return row(batch, precision, steps, seconds, peak, path="ours"), (mix, result.trainable)
+    achieved = flops / (seconds / steps) / 1e12
+    extra = {
+        "tflop_per_step_per_item": round(flops / batch / 1e12, 6),
+        "achieved_tflops": round(achieved, 4),
+        # DESIGN §7: the floor at a GPU's dense peak; on a CPU the figure is the share of that peak
+        "floor_ms_per_item_step_h100_bf16": round(flops / batch / H100_BF16_FLOPS * 1e3, 4),
+    }
+    return row(batch, precision, steps, seconds, peak, path="ours", **extra), (mix, result.trainable)
 
 
 def item(mix: Mix, i: int) -> Mix:
