@@ -46,6 +46,12 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
 
 
+def map_pixels(matrix: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Where ``matrix`` sends the centre of every pixel of the box [x0, x1) × [y0, y1): [h, w, 2] (x, y)."""
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    return apply(matrix, np.stack([xs.ravel(), ys.ravel()], 1)).reshape(y1 - y0, x1 - x0, 2)
+
+
 def template_transform(landmarks: np.ndarray, template: np.ndarray, size: int, template_size: int) -> np.ndarray:
     """Photo → aligned transform for a crop of ``size`` px, the template given at ``template_size``."""
     scale = size / template_size
@@ -56,10 +62,8 @@ def template_transform(landmarks: np.ndarray, template: np.ndarray, size: int, t
 def sample_grid(matrix: np.ndarray, out_h: int, out_w: int, in_h: int, in_w: int) -> torch.Tensor:
     """The ``grid_sample`` grid [1, out_h, out_w, 2] that reads, for each output pixel, the input
     pixel ``matrix`` maps it to (``align_corners=False`` normalisation)."""
-    ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
-    src = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
-    norm = (2 * src + 1) / np.array([in_w, in_h]) - 1
-    return torch.from_numpy(norm.reshape(1, out_h, out_w, 2)).float()
+    norm = (2 * map_pixels(matrix, 0, 0, out_w, out_h) + 1) / np.array([in_w, in_h]) - 1
+    return torch.from_numpy(norm[None]).float()
 
 
 def warp(image: torch.Tensor, matrix: np.ndarray, out_h: int, out_w: int, padding: str = "reflection") -> torch.Tensor:
@@ -76,3 +80,8 @@ def align(
     border is reflected (DESIGN §5), so faces at the photo's edge still fill the crop."""
     matrix = template_transform(landmarks, template, size, template_size)
     return warp(photo, matrix, size, size), matrix
+
+
+def arcface_crop(photo: torch.Tensor, landmarks: np.ndarray) -> torch.Tensor:
+    """The 112 px face-recognition crop [C, 112, 112] of ``photo`` [C, H, W] (ArcFace template)."""
+    return align(photo, np.asarray(landmarks).reshape(5, 2), ARCFACE_TEMPLATE_112, 112, 112)[0]

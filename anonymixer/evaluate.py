@@ -46,9 +46,9 @@ import torch
 from tqdm import tqdm
 
 from anonymixer import bundle as bundle_io
-from anonymixer.alignment import ARCFACE_TEMPLATE_112, align
+from anonymixer.alignment import arcface_crop
 from anonymixer.checkpoints import load_checkpoint
-from anonymixer.face_detection import FaceDetector
+from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import open_rgb, save_grid
 from anonymixer.keys import SecretKey
 from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
@@ -134,9 +134,9 @@ def load_photos(data: Path, identities: Path, limit_people: int | None) -> tuple
         if not len(found):
             skipped.append(row["file"])
             continue
-        face = found[np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]))]
+        face = largest_face(found)
         image = torch.tensor(photo).permute(2, 0, 1).float()
-        fr_face, _ = align(image / 127.5 - 1, face[5:].reshape(5, 2), ARCFACE_TEMPLATE_112, 112, 112)
+        fr_face = arcface_crop(image / 127.5 - 1, face[5:])
         photos.append(
             {"file": row["file"], "person": row["identity"], "aligned": align_face(image, face, 256)[0], "fr": fr_face}
         )

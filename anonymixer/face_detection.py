@@ -187,6 +187,14 @@ class FaceDetector:
         return regress(corners[pick], shifts[pick], plus_one=False)
 
 
+def largest_face(detections: np.ndarray) -> np.ndarray:
+    """The row of the detection with the largest box (the subject of a portrait)."""
+    if not len(detections):
+        raise ValueError("no detections")
+    area = (detections[:, 2] - detections[:, 0]) * (detections[:, 3] - detections[:, 1])
+    return detections[int(np.argmax(area))]
+
+
 def shrink_for_detection(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """``photo`` area-downscaled to at most ``max_side`` on its long side, and the scale used
     (detections divide by it). Faces of a few pixels are lost, which is the point: bounded cost."""

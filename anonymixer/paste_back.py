@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from anonymixer.alignment import apply, invert
+from anonymixer.alignment import apply, invert, map_pixels
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,18 @@ def footprint(corners: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, in
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
+def mask_region(
+    matrix: np.ndarray, mask: FaceMask, aligned_size: int, shape: tuple[int, ...]
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """The photo box a face's mask can touch, the aligned-frame coordinates [h, w, 2] of its
+    pixels and the mask there [h, w]; None when the mask misses the photo."""
+    box = footprint(apply(invert(matrix), mask.bounds(aligned_size)), shape)
+    if box is None:
+        return None
+    uv = map_pixels(matrix, *box)
+    return box, uv, mask.alpha(uv[..., 0], uv[..., 1], aligned_size)
+
+
 def colour_shift(face: np.ndarray, original: np.ndarray, mask: FaceMask) -> np.ndarray:
     """Per-channel offset that makes ``face`` match ``original`` (the aligned input, any size) on
     the mask's soft edge, where the two meet in the photo. float32 [3]."""
@@ -94,18 +106,13 @@ def paste_face(
 ) -> None:
     """Blend ``face`` (uint8 [R, R, 3], the aligned frame at any resolution) into ``photo`` (uint8
     [H, W, 3], changed in place) through ``matrix`` (photo → aligned frame of ``aligned_size``)."""
-    box = footprint(apply(invert(matrix), mask.bounds(aligned_size)), photo.shape)
-    if box is None:
+    region = mask_region(matrix, mask, aligned_size, photo.shape)
+    if region is None or not (region[2] > 0).any():
         return
-    x0, y0, x1, y1 = box
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    uv = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
-    alpha = mask.alpha(uv[:, 0], uv[:, 1], aligned_size).reshape(ys.shape)
-    if not (alpha > 0).any():
-        return
+    (x0, y0, x1, y1), uv, alpha = region
     # The face image spans the aligned frame exactly, so its normalised coordinate is 2(u+½)/A − 1
     # whatever its resolution.
-    grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1).reshape(1, *ys.shape, 2)).float()
+    grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1)[None]).float()
     src = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float()
     sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
     sampled = sampled[0].permute(1, 2, 0).numpy()

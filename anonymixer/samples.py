@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anonymixer.face_detection import FaceDetector
+from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import open_rgb
 from anonymixer.scene import align_face
 
@@ -42,5 +42,4 @@ def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256) -> 
     rows = detector.detect(photo)
     if not len(rows):
         return None
-    row = rows[np.argmax((rows[:, 2] - rows[:, 0]) * (rows[:, 3] - rows[:, 1]))]
-    return align_face(torch.tensor(photo).permute(2, 0, 1).float(), row, size)[0]
+    return align_face(torch.tensor(photo).permute(2, 0, 1).float(), largest_face(rows), size)[0]

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anonymixer.alignment import ARCFACE_TEMPLATE_112, align, apply, invert
+from anonymixer.alignment import arcface_crop
 from anonymixer.checkpoints import load_checkpoint
-from anonymixer.face_detection import FaceDetector
+from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import open_rgb
 from anonymixer.keys import SecretKey
-from anonymixer.paste_back import FaceMask, colour_shift, footprint, paste_face
+from anonymixer.paste_back import FaceMask, colour_shift, mask_region, paste_face
 from anonymixer.scene import SceneConfig, plan_faces
 from benchmarks.machine import save_record
 
@@ -42,18 +42,15 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def embed(fr: torch.nn.Module, photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    crop, _ = align(to_tensor(photo) / 127.5 - 1, landmarks.reshape(5, 2), ARCFACE_TEMPLATE_112, 112, 112)
+    crop = arcface_crop(to_tensor(photo) / 127.5 - 1, landmarks)
     with torch.no_grad():
         return fr(crop[None])[0].numpy()
 
 
 def seam(result: np.ndarray, original: np.ndarray, matrix: np.ndarray, mask: FaceMask, size: int) -> float:
-    box = footprint(apply(invert(matrix), mask.bounds(size)), original.shape)
-    assert box is not None
-    x0, y0, x1, y1 = box
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    uv = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
-    alpha = mask.alpha(uv[:, 0], uv[:, 1], size).reshape(ys.shape)
+    region = mask_region(matrix, mask, size, original.shape)
+    assert region is not None
+    (x0, y0, x1, y1), _, alpha = region
     edge = (alpha > 0.02) & (alpha < 0.98)
 
     def gradient(image: np.ndarray) -> np.ndarray:
@@ -80,8 +77,7 @@ def main() -> None:
         found = detector.detect(photo)
         if len(found) == 0:
             continue
-        largest = found[np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]))][None]
-        (face,) = plan_faces(photo, largest, SecretKey(b"unused"), config)
+        (face,) = plan_faces(photo, largest_face(found)[None], SecretKey(b"unused"), config)
         subjects.append((row["identity"], photo, face))
     subjects = subjects[: args.photos]
     results = []

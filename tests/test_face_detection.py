@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from anonymixer.alignment import ARCFACE_TEMPLATE_112, align
+from anonymixer.alignment import arcface_crop
 from anonymixer.checkpoints import load_checkpoint
-from anonymixer.face_detection import FaceDetector, packaged_weights_dir
+from anonymixer.face_detection import FaceDetector, largest_face, packaged_weights_dir
 from anonymixer.images import open_rgb
 from anonymixer.metrics import best_accuracy, roc_auc
 from anonymixer.samples import builtin_photos
@@ -36,10 +36,6 @@ def single_face_photos(detector: FaceDetector) -> dict[str, tuple[np.ndarray, np
         photo = np.asarray(open_rgb(FACES / row["file"]))
         photos[row["file"]] = (photo, detector.detect(photo))
     return photos
-
-
-def largest(detections: np.ndarray) -> np.ndarray:
-    return detections[np.argmax((detections[:, 2] - detections[:, 0]) * (detections[:, 3] - detections[:, 1]))]
 
 
 def test_the_builtin_portrait_has_one_face_with_landmarks_in_order(detector: FaceDetector) -> None:
@@ -89,7 +85,7 @@ def test_landmarks_agree_with_an_independent_detector(single_face_photos: dict) 
         _, found = yunet.detect(np.ascontiguousarray(photo[:, :, ::-1]))
         if found is None:
             continue
-        ours = largest(rows)[5:].reshape(5, 2)
+        ours = largest_face(rows)[5:].reshape(5, 2)
         theirs = found[:, 4:14].reshape(-1, 5, 2)
         nearest = theirs[np.argmin(np.abs(theirs - ours).sum((1, 2)))]
         errors.append(np.linalg.norm(nearest - ours, axis=1).mean() / np.linalg.norm(ours[0] - ours[1]))
@@ -103,7 +99,7 @@ def test_real_recognition_end_to_end(single_face_photos: dict) -> None:
     embeddings = {}
     for name, (photo, rows) in single_face_photos.items():
         x = torch.tensor(photo).permute(2, 0, 1).float() / 127.5 - 1
-        crop, _ = align(x, largest(rows)[5:].reshape(5, 2), ARCFACE_TEMPLATE_112, 112, 112)
+        crop = arcface_crop(x, largest_face(rows)[5:])
         with torch.no_grad():
             embeddings[name] = fr(crop[None])[0].numpy()
     for table, decision in (("master.csv", "Decision"), ("face-recognition-pivot.csv", "decision")):

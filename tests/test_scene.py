@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anonymixer.alignment import E4E_TEMPLATE_256, apply, invert, similarity_transform, warp
+from anonymixer.alignment import E4E_TEMPLATE_256, apply, invert, map_pixels, similarity_transform, warp
 from anonymixer.face_detection import FaceDetector
 from anonymixer.images import open_rgb
 from anonymixer.keys import SecretKey
@@ -31,9 +31,9 @@ def photo() -> np.ndarray:
 
 
 def mask_alpha(shape: tuple[int, ...], matrix: np.ndarray, mask: FaceMask, size: int = 256) -> np.ndarray:
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
-    uv = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
-    return mask.alpha(uv[:, 0], uv[:, 1], size).reshape(shape[:2])
+    """The mask at every pixel of the photo (computed here over the whole photo, not its footprint)."""
+    uv = map_pixels(matrix, 0, 0, shape[1], shape[0])
+    return mask.alpha(uv[..., 0], uv[..., 1], size)
 
 
 def test_similarity_transform_recovers_a_known_one() -> None:

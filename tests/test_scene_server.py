@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from anonymixer.alignment import E4E_TEMPLATE_256, template_transform
+from anonymixer.alignment import E4E_TEMPLATE_256, map_pixels, template_transform
 from anonymixer.face_detection import FaceDetector
 from anonymixer.images import open_rgb
 from anonymixer.paste_back import FaceMask
@@ -40,12 +40,10 @@ def portrait() -> np.ndarray:
 
 
 def outside_masks(shape: tuple[int, ...], landmarks: list[np.ndarray]) -> np.ndarray:
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
     outside = np.ones(shape[:2], bool)
     for marks in landmarks:
-        matrix = template_transform(marks, E4E_TEMPLATE_256, 256, 256)
-        uv = np.stack([xs.ravel(), ys.ravel()], 1) @ matrix[:, :2].T + matrix[:, 2]
-        outside &= FaceMask().alpha(uv[:, 0], uv[:, 1], 256).reshape(shape[:2]) == 0
+        uv = map_pixels(template_transform(marks, E4E_TEMPLATE_256, 256, 256), 0, 0, shape[1], shape[0])
+        outside &= FaceMask().alpha(uv[..., 0], uv[..., 1], 256) == 0
     return outside
 
 
