@@ -36,6 +36,7 @@ from optimizer_backend.bls import STAGE_MODELS, build_stages
 from optimizer_backend.decode import DEFAULT_MAX_PIXELS, Item, ItemError, encode_png, parse_request
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
+from optimizer_backend.responses import error_response, read_inputs
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -73,13 +74,6 @@ class TritonPythonModel:
             f"steps {protect_config.steps}, views {protect_config.views}"
         )
 
-    def _inputs(self, request: Any) -> dict[str, np.ndarray | None]:
-        out = {}
-        for name in INPUTS:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            out[name] = None if tensor is None else tensor.as_numpy()
-        return out
-
     def execute(self, requests: list[Any]) -> list[Any]:
         start = time.perf_counter()
         responses: list[Any] = [None] * len(requests)
@@ -87,7 +81,7 @@ class TritonPythonModel:
         for r, request in enumerate(requests):
             try:
                 parsed[r] = parse_request(
-                    self._inputs(request), max_steps=self.protector.config.max_steps, max_pixels=self.max_pixels
+                    read_inputs(request, INPUTS), max_steps=self.protector.config.max_steps, max_pixels=self.max_pixels
                 )
             except ItemError as exc:
                 responses[r] = self._error(str(exc), exc.code, pb_utils.TritonError.INVALID_ARG)
@@ -160,9 +154,7 @@ class TritonPythonModel:
         ]
 
     def _error(self, message: str, reason: str, status: int) -> Any:
-        self.metrics.error(reason)
-        pb_utils.Logger.log_warn(f"{self.name}: rejected a request: {message}")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, status))
+        return error_response(self.name, self.metrics, message, reason, status)
 
     def finalize(self) -> None:
         self.protector = None

@@ -6,6 +6,7 @@ they already live where the callee wants them).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
@@ -31,6 +32,16 @@ class BLSError(RuntimeError):
     pass
 
 
+def bls_call(model: str, inputs: list[Any], outputs: list[str], **kwargs: Any) -> Any:
+    """One BLS request to ``model`` of this server; its error becomes a BLSError naming the model."""
+    response = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=outputs, inputs=inputs, **kwargs
+    ).exec()
+    if response.has_error():
+        raise BLSError(f"{model}: {response.error().message()}")
+    return response
+
+
 def bls_stage(model: str, input_name: str, output_name: str, max_batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def call(x: torch.Tensor) -> torch.Tensor:
         outputs = []
@@ -40,12 +51,7 @@ def bls_stage(model: str, input_name: str, output_name: str, max_batch: int) -> 
         for chunk in x.float().contiguous().split(max_batch):
             tensor = pb_utils.Tensor.from_dlpack(input_name, to_dlpack(chunk.contiguous()))
             kwargs = {"preferred_memory": memory} if memory is not None else {}
-            request = pb_utils.InferenceRequest(
-                model_name=model, requested_output_names=[output_name], inputs=[tensor], **kwargs
-            )
-            response = request.exec()
-            if response.has_error():
-                raise BLSError(f"{model}: {response.error().message()}")
+            response = bls_call(model, [tensor], [output_name], **kwargs)
             out = pb_utils.get_output_tensor_by_name(response, output_name)
             outputs.append(from_dlpack(out.to_dlpack()).to(x.device))
         return torch.cat(outputs)

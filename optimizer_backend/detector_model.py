@@ -21,19 +21,12 @@ import numpy as np
 from anonymixer.config import config_from_dict
 from anonymixer.face_detection import ROW, DetectorConfig, FaceDetector
 from optimizer_backend.onnx_model import model_parameters
+from optimizer_backend.responses import pad_stack
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover
     pb_utils = None
-
-
-def padded(lists: list[np.ndarray]) -> np.ndarray:
-    """Per-image detections → one [B, max N, 15] array, zero rows as padding."""
-    out = np.zeros((len(lists), max((len(rows) for rows in lists), default=0), ROW), np.float32)
-    for i, rows in enumerate(lists):
-        out[i, : len(rows)] = rows
-    return out
 
 
 class TritonPythonModel:
@@ -52,6 +45,6 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             photos = np.clip(np.round(images), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-            faces = padded([self.detector.detect(photo) for photo in photos])
+            faces = pad_stack([self.detector.detect(photo) for photo in photos], (ROW,), np.float32)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("faces", faces)]))
         return responses

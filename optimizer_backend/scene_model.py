@@ -30,9 +30,11 @@ from PIL import Image
 
 from anonymixer.face_detection import ROW, shrink_for_detection
 from anonymixer.scene import SceneConfig, SceneFace, compose, plan_faces, to_protect
+from optimizer_backend.bls import BLSError, bls_call
 from optimizer_backend.decode import ItemError, PhotoItem, decode_image, encode_png, parse_scene_request
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
+from optimizer_backend.responses import error_response, pad_stack, read_inputs
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -41,10 +43,7 @@ except ImportError:  # pragma: no cover
 
 DEFAULT_MAX_PHOTO_PIXELS = 40_000_000
 OUTPUT_FORMATS = ("png", "jpeg")
-
-
-class SceneError(RuntimeError):
-    pass
+INPUTS = ("IMAGE", "KEY", "STEPS")
 
 
 def encode_photo(image: np.ndarray, fmt: str) -> bytes:
@@ -53,13 +52,6 @@ def encode_photo(image: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
-
-
-def call(model: str, inputs: list[Any], outputs: list[str]) -> Any:
-    response = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs).exec()
-    if response.has_error():
-        raise SceneError(f"{model}: {response.error().message()}")
-    return response
 
 
 class TritonPythonModel:
@@ -81,7 +73,9 @@ class TritonPythonModel:
         for r, request in enumerate(requests):
             start = time.perf_counter()
             try:
-                items = parse_scene_request(self._inputs(request), max_steps=self.max_steps, max_pixels=self.max_pixels)
+                items = parse_scene_request(
+                    read_inputs(request, INPUTS), max_steps=self.max_steps, max_pixels=self.max_pixels
+                )
                 decoded = time.perf_counter()
                 self.metrics.stage("decode", decoded - start)
                 plans[r] = [
@@ -90,29 +84,27 @@ class TritonPythonModel:
                 self.metrics.stage("detect", time.perf_counter() - decoded)
             except ItemError as exc:
                 responses[r] = self._error(str(exc), exc.code, pb_utils.TritonError.INVALID_ARG)
-            except SceneError as exc:
+            except BLSError as exc:
                 responses[r] = self._error(f"face detection failed: {exc}", "internal", pb_utils.TritonError.INTERNAL)
 
         # Every face of every request, protected together (one group each), by STEPS value.
-        members = [
-            (r, i, face) for r, plan in plans.items() for i, (_, faces) in enumerate(plan) for face in to_protect(faces)
-        ]
+        by_steps: dict[int | None, list[tuple[int, SceneFace]]] = {}
+        for r, plan in plans.items():
+            for item, faces in plan:
+                by_steps.setdefault(item.steps, []).extend((r, face) for face in to_protect(faces))
         protected: dict[int, np.ndarray] = {}
         failed: set[int] = set()
         start = time.perf_counter()
-        by_steps: dict[int | None, list[tuple[int, int, SceneFace]]] = {}
-        for member in members:
-            by_steps.setdefault(plans[member[0]][member[1]][0].steps, []).append(member)
         for steps, group in by_steps.items():
             for first in range(0, len(group), self.protect_batch):
                 chunk = group[first : first + self.protect_batch]
                 try:
-                    images = self._protect([face for _, _, face in chunk], steps)
-                except SceneError as exc:
+                    images = self._protect([face for _, face in chunk], steps)
+                except BLSError as exc:
                     pb_utils.Logger.log_error(f"{self.name}: protection failed: {exc}")
-                    failed.update(r for r, _, _ in chunk)
+                    failed.update(r for r, _ in chunk)
                     continue
-                protected.update((id(face), image) for (_, _, face), image in zip(chunk, images, strict=True))
+                protected.update((id(face), image) for (_, face), image in zip(chunk, images, strict=True))
         self.metrics.stage("protect", time.perf_counter() - start)
 
         for r, plan in plans.items():
@@ -129,18 +121,11 @@ class TritonPythonModel:
             self.metrics.items.increment(sum(len(to_protect(faces)) for _, faces in plan))
         return responses
 
-    def _inputs(self, request: Any) -> dict[str, np.ndarray | None]:
-        out = {}
-        for name in ("IMAGE", "KEY", "STEPS"):
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            out[name] = None if tensor is None else tensor.as_numpy()
-        return out
-
     def _detect(self, photo: np.ndarray) -> np.ndarray:
         # Shrink here, not in the detector: a 40 M pixel photo is 480 MB as FP32 in shared memory.
         small, scale = shrink_for_detection(photo, self.config.detect_max_side)
         image = pb_utils.Tensor("image", small.transpose(2, 0, 1)[None].astype(np.float32))
-        faces = pb_utils.get_output_tensor_by_name(call("face_detector", [image], ["faces"]), "faces").as_numpy()[0]
+        faces = pb_utils.get_output_tensor_by_name(bls_call("face_detector", [image], ["faces"]), "faces").as_numpy()[0]
         faces = faces[faces[:, 4] > 0].copy()  # drop the padding rows
         faces[:, :4] /= scale
         faces[:, 5:] /= scale
@@ -155,17 +140,12 @@ class TritonPythonModel:
         ]
         if steps is not None:
             inputs.append(pb_utils.Tensor("STEPS", np.full((n, 1), steps, dtype=np.int32)))
-        pngs = pb_utils.get_output_tensor_by_name(call("anonymixer", inputs, ["PROTECTED"]), "PROTECTED").as_numpy()
+        pngs = pb_utils.get_output_tensor_by_name(bls_call("anonymixer", inputs, ["PROTECTED"]), "PROTECTED").as_numpy()
         return [decode_image(bytes(row[0]), i) for i, row in enumerate(pngs)]
 
     def _outputs(self, photos: list[np.ndarray], plans: list[list[SceneFace]]) -> list[Any]:
-        width = max((len(faces) for faces in plans), default=0)
-        detections = np.zeros((len(plans), width, ROW), np.float32)
-        actions = np.full((len(plans), width), b"", dtype=np.object_)
-        for i, faces in enumerate(plans):
-            for j, face in enumerate(faces):
-                detections[i, j] = face.detection
-                actions[i, j] = face.action.encode()
+        detections = pad_stack([[f.detection for f in faces] for faces in plans], (ROW,), np.float32)
+        actions = pad_stack([[f.action.encode() for f in faces] for faces in plans], (), np.object_, b"")
         images = np.array([[encode_photo(p, self.output_format)] for p in photos], dtype=np.object_)
         return [
             pb_utils.Tensor("IMAGE", images),
@@ -174,6 +154,4 @@ class TritonPythonModel:
         ]
 
     def _error(self, message: str, reason: str, status: int) -> Any:
-        self.metrics.error(reason)
-        pb_utils.Logger.log_warn(f"{self.name}: rejected a request: {message}")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, status))
+        return error_response(self.name, self.metrics, message, reason, status)
