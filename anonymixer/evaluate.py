@@ -49,7 +49,7 @@ from anonymixer import bundle as bundle_io
 from anonymixer.alignment import arcface_crop
 from anonymixer.checkpoints import load_checkpoint
 from anonymixer.face_detection import FaceDetector, largest_face
-from anonymixer.images import open_rgb, save_grid
+from anonymixer.images import headless_pyplot, open_rgb, save_grid
 from anonymixer.keys import SecretKey
 from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
 from anonymixer.metrics import (
@@ -259,10 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot_unlinkability(link: Any, path: Path, name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(link.bin_centres, link.mated_density, label="mated (same person, other key)")
@@ -287,10 +284,7 @@ def pairs(result: dict[str, Any]) -> str:
 
 def plot_error_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, name: str) -> None:
     """FNMR against FMR (a DET curve on log axes) for each (genuine, impostor) score set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (genuine, impostor) in curves.items():

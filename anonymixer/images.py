@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,16 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]: clamp, then a linear map."""
     x = (images.detach().float().clamp(-1, 1) + 1) * 127.5
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def headless_pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_grid(columns: Sequence[torch.Tensor], path: str | Path, tile: int = 256, pad: int = 4) -> Path:

@@ -173,10 +173,9 @@ def cell(value: float | int) -> str:
 
 
 def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
+    from anonymixer.images import headless_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     throughput = [r["Inferences/Second"] for r in rows]
