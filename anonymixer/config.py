@@ -14,6 +14,9 @@ from anonymixer.losses import ATTRIBUTE_LOSSES
 from anonymixer.mixing import MIX_MODES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+# torch.compile modes for the refinement step's forward (and so backward) pass; "reduce-overhead"
+# adds CUDA graphs. "off" runs eager.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 T = TypeVar("T")
 
 
@@ -56,6 +59,8 @@ class ProtectConfig:
     loss_resolution: int | None = None  # render the losses' images at this size (None: full)
     refine_batch: int = 0  # at most this many items per Adam batch, whole groups (0: auto, 24 on CPU)
     precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
+    channels_last: bool = False  # NHWC activations and weights in the refinement loop
+    compile: str = "off"  # COMPILE_MODES: torch.compile the step (the first call per batch size compiles)
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +72,8 @@ class ProtectConfig:
             problems.append("attribute_loss 'farl' needs farl_checkpoint")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}")
+        if self.compile not in COMPILE_MODES:
+            problems.append(f"compile must be one of {COMPILE_MODES}")
         if not 0 <= self.views <= MAX_VIEWS:
             problems.append(f"views must be in [0, {MAX_VIEWS}]")
         if not 0 <= self.steps <= self.max_steps:

@@ -53,9 +53,9 @@ def group_consistency_loss(e_y: torch.Tensor, groups: torch.Tensor) -> torch.Ten
     """
     b = e_y.shape[0]
     same = groups[:, None] == groups[None, :]
+    # no early return when there are no pairs: the sum below is then 0, and a data-dependent
+    # branch would split a compiled step in two
     pairs = same & torch.ones(b, b, dtype=torch.bool, device=e_y.device).triu(1)
-    if not bool(pairs.any()):
-        return e_y.new_zeros(())
     sq = (e_y[:, None, :] - e_y[None, :, :]).pow(2).sum(-1)
     # clamp keeps the gradient finite where two embeddings coincide (views start from one mix)
     dist = sq.clamp_min(1e-12).sqrt()

@@ -29,7 +29,7 @@ from anonymixer.images import to_uint8
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
-from anonymixer.refine import StepCallback, refine_latents
+from anonymixer.refine import StepCallback, prepare_networks, refine_latents
 
 KeyLike = SecretKey | bytes | bytearray | str
 # Measured (benchmarks/refine_bench.py, tiny, 2-core CPU): 22 ms per item and step at 24 items,
@@ -109,6 +109,7 @@ class Protector:
         self.salt = salt
         self.device = model.w_avg.device
         self.attribute_loss = build_attribute_loss(self.config, model)
+        prepare_networks(self.config, model.generator, model.face_embedder, model.encoder)
         self.stages = stages or torch_stages(model)
         self.timings: dict[str, float] = {}
         self.refined_items = 0

@@ -10,6 +10,7 @@ stepped every iteration).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -50,6 +51,55 @@ def precision_context(device: torch.device, precision: str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def span(name: str) -> contextlib.AbstractContextManager[object]:
+    """A named range for torch.profiler (benchmarks/refine_bench.py --profile-step); nothing
+    inside a compiled step, where dynamo would drop it with a warning."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(name)
+
+
+def prepare_networks(config: ProtectConfig, *modules: nn.Module) -> None:
+    """Put the networks the loop differentiates through in the config's memory format (in place).
+
+    Only 4-D tensors have an NHWC layout; ``Module.to(memory_format=...)`` refuses the 5-D
+    modulated-conv weights, so each tensor is converted on its own."""
+    if not config.channels_last:
+        return
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+
+
+def step_losses(
+    param: torch.Tensor,
+    mix: Mix,
+    e_x: torch.Tensor,
+    targets: list[torch.Tensor],
+    groups: torch.Tensor,
+    generator: Generator,
+    face_embedder: nn.Module,
+    attribute_loss: AttributeLoss,
+    config: ProtectConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's forward pass: (per-item anonymity + attribute loss, cos(e(y), e(x)), group term)."""
+    with span("synthesis"):
+        y = generator.synthesis(mix.assemble(param), resolution=config.loss_resolution)
+    with span("face_embedder"):
+        e_y = face_embedder(fr_crop(y)).float()
+    cos = (e_y * e_x).sum(dim=1)
+    per_item = config.anonymity_weight * anonymity_loss(e_y, e_x, config.anonymity_margin)
+    with span("attribute_loss"):
+        per_item = per_item + config.attribute_weight * attribute_loss(y, targets).float()
+    group_term = config.consistency_weight * group_consistency_loss(e_y, groups)
+    return per_item, cos, group_term
+
+
+@functools.cache
+def compiled_step_losses(mode: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    # One compiled function per mode for the process; dynamo re-specialises per batch shape.
+    return torch.compile(step_losses, mode=mode, dynamic=False)
+
+
 def milestones(steps: int, fractions: tuple[float, ...]) -> list[int]:
     return [int(f * steps) for f in fractions]
 
@@ -71,6 +121,9 @@ def refine_latents(
     ``groups`` [B] (int64) marks the items that are one person under one key.
     """
     device = x.device
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    losses = step_losses if config.compile == "off" else compiled_step_losses(config.compile)
     with torch.no_grad():
         e_x = face_embedder(fr_crop(x)).float()
         targets = attribute_loss.targets(x)
@@ -83,15 +136,14 @@ def refine_latents(
     cancelled = False
     for step in range(steps):
         with precision_context(device, config.precision):
-            y = generator.synthesis(mix.assemble(param), resolution=config.loss_resolution)
-            e_y = face_embedder(fr_crop(y)).float()
-            cos = (e_y * e_x).sum(dim=1)
-            per_item = config.anonymity_weight * anonymity_loss(e_y, e_x, config.anonymity_margin)
-            per_item = per_item + config.attribute_weight * attribute_loss(y, targets).float()
-            group_term = config.consistency_weight * group_consistency_loss(e_y, groups)
+            per_item, cos, group_term = losses(
+                param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config
+            )
         optimiser.zero_grad(set_to_none=True)
-        (per_item.sum() + group_term).backward()
-        optimiser.step()
+        with span("backward"):
+            (per_item.sum() + group_term).backward()
+        with span("adam"):
+            optimiser.step()
         schedule.step()
         loss_trace.append(per_item.detach())
         cos_trace.append(cos.detach())
