@@ -28,6 +28,6 @@ test: lint
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# Every figure of this machine into benchmarks/results/<date>-<machine>/ (summary.md has the headline).
 bench: $(STAMP)
-	$(PY) -m benchmarks.forward_timing
-	$(PY) -m benchmarks.refine_bench
+	$(PY) -m benchmarks.suite

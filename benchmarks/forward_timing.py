@@ -2,7 +2,7 @@
 
 Measures the ``tiny`` profile's networks and the full-size official architectures with seeded
 random weights (StyleGAN2 config-f 1024 synthesis and mapping, e4e at 256, IR-SE50 at 112).
-Writes ``benchmarks/results/forward_<device>.json`` and prints a table.
+Writes ``forward_<device>.json`` to ``--out`` (default ``benchmarks/results/<date>-<machine>/``) and prints a table.
 
     python -m benchmarks.forward_timing [--device cpu|cuda] [--repeats 3]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from anonymixer import profiles
-from benchmarks.machine import save_record
+from benchmarks.machine import results_dir, save_record
 
 
 def timed(fn: Callable[[], torch.Tensor], repeats: int, device: str) -> dict[str, float]:
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(results_dir()), help="default benchmarks/results/<date>-<machine>")
     args = parser.parse_args()
     dev = args.device
 

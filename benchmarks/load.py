@@ -1,7 +1,7 @@
 """Load benchmark of a running service over gRPC, in perf_analyzer's columns.
 
-    python -m benchmarks.load [--url 127.0.0.1:8001 | --start] [--concurrency 1 2 4 8]
-                              [--duration 20] [--warmup 5] [--steps N] [--out DIR]
+    python -m benchmarks.load [--url 127.0.0.1:8001 | --start [--profile tiny|ffhq1024] [--gpu]]
+                              [--concurrency 1 2 4 8] [--duration 20] [--warmup 5] [--steps N] [--out DIR]
 
 For each concurrency level, that many threads (one gRPC client each) send one-face requests to
 ``anonymixer`` back to back for ``--duration`` seconds, after ``--warmup`` seconds that are not
@@ -11,18 +11,18 @@ Network+Server Send/Recv, Server Queue, Server Compute Input/Infer/Output, Clien
 p50/p90/p95/p99 latencies, all in µs — the server parts from the deltas of Triton's statistics
 API over the measured window. Client Send is building the request tensors, Client Recv is
 reading the outputs; Network+Server Send/Recv is what is left of the mean latency. Writes
-``load.csv``, ``latency_throughput.png`` and ``summary.md`` (with the machine) to ``--out``
-(default ``benchmarks/results/<date>-<host>/``). ``--start`` starts the embedded server with the
-tiny bundle on loopback for the run. Every level stops by itself (time, and ``--max-requests``).
+``load.csv``, ``load.json`` and ``load.md`` (with the machine) and ``latency_throughput.png`` to
+``--out`` (default ``benchmarks/results/<date>-<machine>/``). ``--start`` starts the embedded server
+on loopback for the run: the tiny bundle, or ``--profile ffhq1024`` with seeded random weights in
+the official shapes (``--gpu`` puts its models on GPU 0). Every level stops by itself (time, and
+``--max-requests``).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
-import platform
 import threading
 import time
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.machine import describe
+from benchmarks.machine import machine_label, results_dir, save_record
 
 COLUMNS = [
     "Concurrency",
@@ -192,20 +192,38 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def start_repository(profile: str, gpu: bool) -> Path:
+    """The model repository ``--start`` serves: the built-in tiny bundle, or seeded random weights
+    in the full-size ffhq1024 shapes (the official weights are not needed to measure speed)."""
+    from anonymixer import bundle, profiles
+    from optimizer_backend.cli import CACHE, prepare_bundle, prepare_repository
+
+    if profile == "tiny":
+        bundle_dir = prepare_bundle("tiny", None)
+    else:
+        bundle_dir = CACHE / "bundles" / f"{profile}-random-seed0"
+        if not (bundle_dir / bundle.MANIFEST).exists():
+            bundle.save(profiles.random_bundle(profile), bundle_dir, overwrite=True)
+    return prepare_repository(bundle_dir, gpu=gpu)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from anonymixer.profiles import PROFILES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="127.0.0.1:8001")
-    parser.add_argument("--start", action="store_true", help="start the embedded tiny server on loopback")
+    parser.add_argument("--start", action="store_true", help="start the embedded server on loopback for the run")
+    parser.add_argument("--profile", choices=PROFILES, default="tiny", help="what --start serves (random weights)")
+    parser.add_argument("--gpu", action="store_true", help="--start with the models on GPU 0")
     parser.add_argument("--model", default="anonymixer")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each level")
     parser.add_argument("--max-requests", type=int, default=100_000, help="stop a level after this many")
     parser.add_argument("--steps", type=int, default=None, help="STEPS per request (default: the server's)")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="default benchmarks/results/<date>-<machine>")
     args = parser.parse_args(argv)
-    host = platform.node() or "host"
-    out = Path(args.out or f"benchmarks/results/{datetime.date.today().isoformat()}-{host}")
+    out = Path(args.out) if args.out else results_dir()
     out.mkdir(parents=True, exist_ok=True)
     face = sample_face()
 
@@ -215,16 +233,16 @@ def main(argv: list[str] | None = None) -> int:
             row = run_level(url, args.model, face, level, args.duration, args.warmup, args.steps, args.max_requests)
             print(
                 f"concurrency {level}: {row['Inferences/Second']:.2f} infer/s, p50 {row['p50 latency'] / 1e3:.0f} ms, "
-                f"p99 {row['p99 latency'] / 1e3:.0f} ms, server queue {row['Server Queue'] / 1e3:.0f} ms"
+                f"p99 {row['p99 latency'] / 1e3:.0f} ms, server queue {row['Server Queue'] / 1e3:.0f} ms",
+                flush=True,
             )
             rows.append(row)
         return rows
 
     if args.start:
-        from optimizer_backend.cli import prepare_bundle, prepare_repository
         from optimizer_backend.server import EmbeddedTritonServer
 
-        with EmbeddedTritonServer(prepare_repository(prepare_bundle("tiny", None), gpu=False)) as server:
+        with EmbeddedTritonServer(start_repository(args.profile, args.gpu)) as server:
             rows = sweep(server.grpc_url)
     else:
         rows = sweep(args.url)
@@ -232,14 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: cell(v) for k, v in r.items()} for r in rows)
-    machine = describe()
-    title = f"{args.model}, STEPS {args.steps or 'default'} — {machine.get('cpu', '')} {machine.get('gpu') or ''}"
+    served = f"{args.profile} (random weights, started here)" if args.start else args.url
+    record = save_record(
+        out / "load.json", "load", rows, model=args.model, served=served, steps=args.steps or "server default"
+    )
+    machine = json.loads(record.read_text())["machine"]
+    title = f"{args.model} ({served}), STEPS {args.steps or 'default'} — {machine_label(machine)}"
     plot(rows, out / "latency_throughput.png", title)
     lines = [
-        f"# Load benchmark, {args.model}",
+        f"# Load benchmark, {args.model} — {served}",
         "",
         f"STEPS {args.steps or 'server default'}; {args.duration:g} s per level after {args.warmup:g} s warm-up; "
-        "latencies in µs.",
+        "one face per request; latencies in µs.",
         "",
         f"Machine: `{json.dumps(machine)}`",
         "",
@@ -247,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "|" + " --- |" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}/load.csv, latency_throughput.png and summary.md")
+    (out / "load.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}/load.csv, load.json, load.md and latency_throughput.png")
     return 0
 
 

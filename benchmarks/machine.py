@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,19 @@ def describe() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def machine_label(info: dict[str, Any] | None = None) -> str:
+    """A short name for the machine: the GPU's (``nvidia-h100-80gb-hbm3``) or ``cpu-<n>core``."""
+    info = info or describe()
+    if info.get("gpu"):
+        return re.sub(r"[^a-z0-9]+", "-", str(info["gpu"]).lower()).strip("-")
+    return f"cpu-{info['cores']}core"
+
+
+def results_dir(root: str | Path = Path(__file__).parent / "results") -> Path:
+    """Where a run's figures go by default: ``benchmarks/results/<date>-<machine>/``."""
+    return Path(root) / f"{datetime.date.today().isoformat()}-{machine_label()}"
 
 
 def save_record(path: str | Path, benchmark: str, results: Any, **context: Any) -> Path:

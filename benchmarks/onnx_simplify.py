@@ -7,7 +7,7 @@ For each model: nodes of the exported graph, after onnxsim (if installed) and af
 offline basic optimisation (constant folding, redundant-node elimination); session creation time
 and median latency of the exported graph with onnxruntime's default (full) optimisation, of the
 onnxsim graph, and of the exported graph with optimisation disabled (what the graph costs as
-written). Writes ``benchmarks/results/onnx_simplify_<profile>.json``.
+written). Writes ``benchmarks/results/<date>-<machine>/onnx_simplify_<profile>.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks.machine import save_record
+from benchmarks.machine import results_dir, save_record
 
 
 def session(path: Path, level: ort.GraphOptimizationLevel, optimized_out: Path | None = None):
@@ -85,7 +85,7 @@ def main() -> None:
                 )
             rows[name] = row
             print(name, row, flush=True)
-    out = args.out or Path(__file__).parent / "results" / f"onnx_simplify_{manifest['bundle']['profile']}.json"
+    out = args.out or results_dir() / f"onnx_simplify_{manifest['bundle']['profile']}.json"
     save_record(out, "onnx_simplify", rows, onnx=str(args.onnx), batch=args.batch, onnxruntime=ort.__version__)
 
 

@@ -29,7 +29,7 @@ from anonymixer.images import open_rgb
 from anonymixer.keys import SecretKey
 from anonymixer.paste_back import FaceMask, colour_shift, mask_region, paste_face
 from anonymixer.scene import SceneConfig, plan_faces
-from benchmarks.machine import save_record
+from benchmarks.machine import results_dir, save_record
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 MOBILEFACENET = FACES.parents[1] / "weights" / "mobilefacenet" / "mobilefacenet.pt"
@@ -105,7 +105,7 @@ def main() -> None:
             }
         )
         print(json.dumps(results[-1]))
-    out = Path(__file__).parent / "results" / "paste_back_mask.json"
+    out = results_dir() / "paste_back_mask.json"
     save_record(out, "paste_back_mask", results, photos=len(subjects))
 
 

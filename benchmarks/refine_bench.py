@@ -1,25 +1,40 @@
-"""Refinement-loop throughput: ms per Adam step and protected images per second.
+"""Refinement-loop throughput: the naive baseline, ours, and each speed switch on its own.
 
-    python -m benchmarks.refine_bench [--profile tiny|ffhq1024] [--device cpu|cuda]
-                                      [--batches 1 8] [--steps 10] [--precision fp32 bf16] [--naive]
+    python -m benchmarks.refine_bench [--profile tiny|ffhq1024] [--device cpu|cuda] [--batches 1 8]
+        [--steps 10] [--precision fp32 tf32 bf16] [--switches channels_last compile cuda_graphs loss_256]
+        [--no-combined] [--naive] [--trace] [--out DIR]
 
-``--naive`` also runs the published code's way (one image at a time with its own Adam, fp32,
-network weights not frozen) on the same inputs, and reports our speed-up and a correctness guard
-(largest pixel difference and smallest template cosine between the two results).
+Per batch size, on the same seeded inputs and random weights:
 
-Runs ``refine_latents`` (the loop the service runs: synthesis, FR crop and embedding, the e4e
-attribute loss, backward for the latent only, Adam) on seeded random weights. Items are refined
-images (no augmented views: a single photo with the default 5 views costs 6 items). FLOPs per
-step are counted by torch's FlopCounterMode; achieved TFLOP/s = those FLOPs / measured time, and
-the H100 floor of DESIGN §7 is FLOPs per item-step / 990 TFLOP/s. images/s is
-for the default 50 steps: batch / (50 · ms_per_step). Peak memory is CUDA's max allocated, or the
-process's peak RSS on the CPU. Writes ``benchmarks/results/refine_<profile>_<device>.json``.
+* ``naive`` — the published code's way: one image at a time with its own Adam, fp32, eager,
+  network weights not frozen;
+* ``fp32`` — ours: the whole batch under one Adam, frozen weights, gradients for the latent only;
+* each other precision (``tf32``, ``bf16`` autocast; CUDA only) and each switch on top of fp32 on
+  its own: ``channels_last`` (NHWC), ``compile`` (torch.compile of the step), ``cuda_graphs``
+  (torch.compile mode ``reduce-overhead``; CUDA only), ``loss_256`` (losses on the 256 px image,
+  the full image rendered once at the end; only for generators larger than 256);
+* ``combined`` — the last precision with every switch that applies.
+
+Every variant reports (the median of ``--repeats`` timed runs) ms per step, images/s at the
+default 50 steps (batch / (50 · s per step)), peak memory (CUDA's max allocated, or the process's
+peak RSS on the CPU), the first call's time (compilation), FLOPs per item-step (torch's
+FlopCounterMode, eager), achieved TFLOP/s, the ratio to the H100 BF16 floor of DESIGN §7 and its
+speed-up over ``naive`` and over ``fp32``. Correctness
+guard: each variant's refined latents are rendered at full resolution and compared with ``fp32``'s
+(largest and mean pixel difference in 8-bit levels, smallest template cosine; the guard passes
+when the cosine is ≥ 0.99), and ``fp32``'s with ``naive``'s. Items are refined images (no
+augmented views: a single photo with the default 5 views costs 6 items).
+
+``--trace`` profiles 3 steps of ``fp32`` at the largest batch (torch.profiler) and writes
+``refine_profile.md``: time per stage of the step and the most expensive operators.
+Writes ``refine_<profile>_<device>.json`` (and the profile) to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -30,23 +45,80 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from anonymixer import profiles
+from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, E4EFeatureLoss, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
-from anonymixer.refine import refine_latents
-from benchmarks.machine import save_record
+from anonymixer.refine import prepare_networks, refine_latents
+from benchmarks.machine import results_dir, save_record
 
 FULL_STEPS = 50
 H100_BF16_FLOPS = 990e12  # dense BF16 peak (DESIGN §7)
+GUARD_MIN_COSINE = 0.99
+TRACE_STEPS = 3
+SWITCHES: dict[str, dict[str, Any]] = {
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": "default"},
+    "cuda_graphs": {"compile": "reduce-overhead"},
+    "loss_256": {"loss_resolution": 256},
+}
+STAGES = ("synthesis", "face_embedder", "attribute_loss", "backward", "adam")  # anonymixer.refine spans
+
+
+@dataclasses.dataclass
+class Inputs:
+    mix: Mix
+    x: torch.Tensor
+    groups: torch.Tensor
+
+
+def make_inputs(model: Bundle, batch: int, device: torch.device) -> Inputs:
+    config = ProtectConfig()
+    gen = torch.Generator().manual_seed(batch)  # benchmark inputs only; not a key derivation
+    x = (torch.rand(batch, 3, ALIGNED_SIZE, ALIGNED_SIZE, generator=gen) * 2 - 1).to(device)
+    with torch.no_grad():
+        w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
+        w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator.mapping, model.w_avg)
+    mix = mix_latents(w_real, w_key, config.mix_mode, config.identity_layers)
+    return Inputs(mix, x, torch.arange(batch, device=device))
+
+
+def skip_reason(name: str, device: torch.device, size: int) -> str | None:
+    if name in ("tf32", "bf16", "cuda_graphs") and device.type != "cuda":
+        return "CUDA only (the CPU path always runs fp32 eager)"
+    if name == "loss_256" and size <= 256:
+        return f"the generator renders {size} px: the losses already see ≤ 256 px"
+    return None
+
+
+def variant_configs(
+    precisions: list[str], switches: list[str], combined: bool, device: torch.device, size: int
+) -> tuple[dict[str, ProtectConfig], dict[str, str]]:
+    """The configs to measure (fp32 first) and the skipped ones with their reasons."""
+    base = ProtectConfig(views=0)
+    configs, skipped = {"fp32": base}, {}
+    for name in [p for p in precisions if p != "fp32"] + switches:
+        reason = skip_reason(name, device, size)
+        if reason:
+            skipped[name] = reason
+        else:
+            configs[name] = dataclasses.replace(base, **SWITCHES.get(name, {"precision": name}))
+    applicable = [n for n in configs if n != "fp32"]
+    if combined and len(applicable) > 1:
+        precision = next((p for p in reversed(precisions) if p in configs), "fp32")
+        overrides: dict[str, Any] = {"precision": precision}
+        for name in (n for n in switches if n in configs):
+            overrides.update(SWITCHES[name])
+        configs["combined"] = dataclasses.replace(base, **overrides)
+    return configs, skipped
 
 
 @contextlib.contextmanager
-def unfrozen(model) -> Iterator[None]:
+def unfrozen(model: Bundle) -> Iterator[None]:
     """The published code's setting: network weights require gradients (autograd computes them
     and throws them away). The bundle's modules are frozen; this lifts it for the naive run."""
-    modules = (model.generator, model.face_embedder, model.encoder)
-    params = [p for m in modules for p in m.parameters()]
+    params = [p for m in (model.generator, model.face_embedder, model.encoder) for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     try:
@@ -57,17 +129,17 @@ def unfrozen(model) -> Iterator[None]:
             p.grad = None
 
 
-def prepare(model, batch: int, precision: str, device: torch.device) -> tuple[Any, torch.Tensor, dict[str, Any]]:
-    config = ProtectConfig(precision=precision, views=0)
-    gen = torch.Generator().manual_seed(batch)  # benchmark inputs only; not a key derivation
-    x = (torch.rand(batch, 3, ALIGNED_SIZE, ALIGNED_SIZE, generator=gen) * 2 - 1).to(device)
-    with torch.no_grad():
-        w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator.mapping, model.w_avg)
-    mix = mix_latents(w_real, w_key, config.mix_mode, config.identity_layers)
-    attr = E4EFeatureLoss(model.encoder.encoder)
-    kwargs = dict(generator=model.generator, face_embedder=model.face_embedder, attribute_loss=attr, config=config)
-    return mix, x, kwargs
+@contextlib.contextmanager
+def networks_for(model: Bundle, config: ProtectConfig) -> Iterator[None]:
+    """The networks in ``config``'s memory format for the duration, then back to contiguous."""
+    modules = (model.generator, model.face_embedder, model.encoder)
+    prepare_networks(config, *modules)
+    try:
+        yield
+    finally:
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.data = tensor.data.contiguous()
 
 
 def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -88,119 +160,212 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float, floa
     return result, elapsed, peak
 
 
-def row(batch: int, precision: str, steps: int, seconds: float, peak: float, **extra: Any) -> dict[str, Any]:
+class Case:
+    """One configuration of the loop on one batch: ``run(steps)`` → refined rows."""
+
+    def __init__(self, model: Bundle, inputs: Inputs, config: ProtectConfig, naive: bool = False) -> None:
+        self.model, self.inputs, self.config, self.naive = model, inputs, config, naive
+        self.attribute_loss = E4EFeatureLoss(model.encoder.encoder)
+
+    def _refine(self, mix: Mix, x: torch.Tensor, groups: torch.Tensor, steps: int, config: ProtectConfig) -> Any:
+        m = self.model
+        return refine_latents(
+            mix,
+            x,
+            groups,
+            generator=m.generator,
+            face_embedder=m.face_embedder,
+            attribute_loss=self.attribute_loss,
+            config=config,
+            steps=steps,
+        ).trainable
+
+    def run(self, steps: int, config: ProtectConfig | None = None) -> torch.Tensor:
+        config = config or self.config
+        mix, x, groups = self.inputs.mix, self.inputs.x, self.inputs.groups
+        if not self.naive:
+            return self._refine(mix, x, groups, steps, config)
+        one = groups[:1] * 0
+        return torch.cat(
+            [
+                self._refine(
+                    Mix(mix.fixed[i : i + 1], mix.trainable[i : i + 1], mix.rows), x[i : i + 1], one, steps, config
+                )
+                for i in range(x.shape[0])
+            ]
+        )
+
+    def flops_per_step(self) -> int:
+        """FLOPs of one step (forward and backward), eager: a 2-step call minus a 1-step call."""
+        eager = dataclasses.replace(self.config, compile="off")
+        counts = []
+        for steps in (1, 2):
+            with FlopCounterMode(display=False) as counter:
+                self.run(steps, eager)
+            counts.append(counter.get_total_flops())
+        return counts[1] - counts[0]
+
+
+def measure(
+    case: Case, name: str, steps: int, device: torch.device, repeats: int = 1
+) -> tuple[dict[str, Any], torch.Tensor]:
+    batch = case.inputs.x.shape[0]
+    context = unfrozen(case.model) if case.naive else networks_for(case.model, case.config)
+    with context:
+        _, first, _ = timed(device, lambda: case.run(1))  # warm-up; compiles where the config says so
+        flops = case.flops_per_step()
+        runs = [timed(device, lambda: case.run(steps)) for _ in range(repeats)]
+    # the median run: a shared machine's hiccups land in one repeat, not in the figure
+    trainable, seconds, _ = sorted(runs, key=lambda r: r[1])[len(runs) // 2]
+    peak = max(r[2] for r in runs)
     ms_step = 1000 * seconds / steps
+    floor_ms = flops / batch / H100_BF16_FLOPS * 1e3
     return {
+        "variant": name,
         "batch": batch,
-        "precision": precision,
         "steps_timed": steps,
+        "repeats": repeats,
         "ms_per_step": round(ms_step, 2),
         "images_per_s_at_50_steps": round(batch / (FULL_STEPS * ms_step / 1000), 3),
         "peak_memory_mib": round(peak, 1),
-        **extra,
-    }
-
-
-def flops_per_step(run: Callable[[int], Any]) -> int:
-    """FLOPs of one refinement step (forward and backward), counted by torch's FlopCounterMode as
-    the difference between a 2-step and a 1-step call (the per-call set-up cancels out)."""
-    counts = []
-    for steps in (1, 2):
-        with FlopCounterMode(display=False) as counter:
-            run(steps)
-        counts.append(counter.get_total_flops())
-    return counts[1] - counts[0]
-
-
-def run_case(model, batch: int, steps: int, precision: str, device: torch.device) -> tuple[dict[str, Any], Any]:
-    """Ours: the whole batch under one Adam, frozen weights, gradients for the latent only."""
-    mix, x, kwargs = prepare(model, batch, precision, device)
-    groups = torch.arange(batch, device=device)
-    flops = flops_per_step(lambda n: refine_latents(mix, x, groups, steps=n, **kwargs))  # also the warm-up
-    result, seconds, peak = timed(device, lambda: refine_latents(mix, x, groups, steps=steps, **kwargs))
-    achieved = flops / (seconds / steps) / 1e12
-    extra = {
+        "first_call_s": round(first, 2),
         "tflop_per_step_per_item": round(flops / batch / 1e12, 6),
-        "achieved_tflops": round(achieved, 4),
-        # DESIGN §7: the floor at a GPU's dense peak; on a CPU the figure is the share of that peak
-        "floor_ms_per_item_step_h100_bf16": round(flops / batch / H100_BF16_FLOPS * 1e3, 4),
-    }
-    return row(batch, precision, steps, seconds, peak, path="ours", **extra), (mix, result.trainable)
+        "achieved_tflops": round(flops / (seconds / steps) / 1e12, 4),
+        # DESIGN §7: the floor at an H100's dense BF16 peak, and how far this run is above it
+        "floor_ms_per_item_step_h100_bf16": round(floor_ms, 5),
+        "ratio_to_floor": round(ms_step / batch / floor_ms, 1),
+        "config": {
+            k: v
+            for k, v in dataclasses.asdict(case.config).items()
+            if k in ("precision", "channels_last", "compile", "loss_resolution")
+        },
+    }, trainable
 
 
-def item(mix: Mix, i: int) -> Mix:
-    return Mix(mix.fixed[i : i + 1], mix.trainable[i : i + 1], mix.rows)
-
-
-def run_naive(model, batch: int, steps: int, device: torch.device) -> tuple[dict[str, Any], Any]:
-    """The published code's way: one image at a time, its own Adam, fp32, weights not frozen."""
-    mix, x, kwargs = prepare(model, batch, "fp32", device)
-    one = torch.zeros(1, dtype=torch.long, device=device)
-
-    def each() -> torch.Tensor:
-        return torch.cat(
-            [refine_latents(item(mix, i), x[i : i + 1], one, steps=steps, **kwargs).trainable for i in range(batch)]
-        )
-
-    with unfrozen(model):
-        refine_latents(item(mix, 0), x[:1], one, steps=1, **kwargs)  # warm-up
-        trainable, seconds, peak = timed(device, each)
-    return row(batch, "fp32", steps, seconds, peak, path="naive"), (mix, trainable)
-
-
-def agreement(model, ours: Any, naive: Any) -> dict[str, float]:
-    """Correctness guard: the fast path's images and templates against the naive fp32 path's."""
+def agreement(model: Bundle, mix: Mix, fast: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """Correctness guard: render both results at full resolution and compare pixels and templates."""
     with torch.no_grad():
-        (mix, fast), (_, slow) = ours, naive
         a = model.generator.synthesis(mix.assemble(fast)).clamp(-1, 1).float()
-        b = model.generator.synthesis(mix.assemble(slow)).clamp(-1, 1).float()
+        b = model.generator.synthesis(mix.assemble(reference)).clamp(-1, 1).float()
         ta, tb = model.face_embedder(fr_crop(a)), model.face_embedder(fr_crop(b))
+    cosine = float((ta * tb).sum(1).min())
     return {
         "max_abs_pixel_diff_levels": round(float((a - b).abs().max()) * 127.5, 3),
-        "min_template_cosine": round(float((ta * tb).sum(1).min()), 6),
+        "mean_abs_pixel_diff_levels": round(float((a - b).abs().mean()) * 127.5, 4),
+        "min_template_cosine": round(cosine, 6),
+        "guard_passed": cosine >= GUARD_MIN_COSINE,
     }
+
+
+def trace(case: Case, device: torch.device) -> str:
+    """Markdown: time per stage of a step and the top operators, over TRACE_STEPS steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with networks_for(case.model, case.config), torch.profiler.profile(activities=activities) as prof:
+        case.run(TRACE_STEPS)
+    events = prof.key_averages()
+    attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    self_attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    stage_us = {e.key: getattr(e, attr) for e in events if e.key in STAGES}
+    total = sum(stage_us.values()) or 1.0
+    lines = [
+        f"Profile of {TRACE_STEPS} steps, variant fp32, batch {case.inputs.x.shape[0]}, {device.type} "
+        f"({'CUDA kernel' if device.type == 'cuda' else 'CPU'} time).",
+        "",
+        "| stage | ms per step | share |",
+        "|---|---:|---:|",
+        *(
+            f"| {s} | {stage_us.get(s, 0) / 1e3 / TRACE_STEPS:.1f} | {100 * stage_us.get(s, 0) / total:.1f} % |"
+            for s in STAGES
+        ),
+        "",
+        "| operator | self ms per step | calls per step |",
+        "|---|---:|---:|",
+    ]
+    ops = sorted((e for e in events if e.key not in STAGES), key=lambda e: getattr(e, self_attr), reverse=True)
+    for e in ops[:12]:
+        lines.append(f"| `{e.key}` | {getattr(e, self_attr) / 1e3 / TRACE_STEPS:.1f} | {e.count / TRACE_STEPS:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(row: dict[str, Any]) -> str:
+    text = (
+        f"{row['variant']:13s} batch {row['batch']:3d}: {row['ms_per_step']:9.1f} ms/step, "
+        f"{row['images_per_s_at_50_steps']:7.3f} images/s (50 steps), peak {row['peak_memory_mib']:.0f} MiB, "
+        f"{row['ratio_to_floor']}× floor"
+    )
+    if "speedup_vs_naive" in row:
+        text += f", {row['speedup_vs_naive']}× naive"
+    if "min_template_cosine" in row:
+        text += f", template cos {row['min_template_cosine']}"
+    return text
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    model = profiles.random_bundle(args.profile).to(device)
+    configs, skipped = variant_configs(args.precision, args.switches, args.combined, device, model.resolution)
+    for name, reason in skipped.items():
+        print(f"skip {name}: {reason}", flush=True)
+    rows = []
+    for batch in args.batches:
+        inputs = make_inputs(model, batch, device)
+        base_row, base = measure(Case(model, inputs, configs["fp32"]), "fp32", args.steps, device, args.repeats)
+        batch_rows = [base_row]
+        if args.naive:
+            naive_row, naive = measure(
+                Case(model, inputs, configs["fp32"], naive=True), "naive", args.steps, device, args.repeats
+            )
+            base_row.update(agreement(model, inputs.mix, base, naive))
+            batch_rows.append(naive_row)
+        for name, config in configs.items():
+            if name == "fp32":
+                continue
+            variant_row, out = measure(Case(model, inputs, config), name, args.steps, device, args.repeats)
+            variant_row.update(agreement(model, inputs.mix, out, base))
+            variant_row["speedup_vs_fp32"] = round(base_row["ms_per_step"] / variant_row["ms_per_step"], 2)
+            batch_rows.append(variant_row)
+        for row in batch_rows:
+            if args.naive and row["variant"] != "naive":
+                row["speedup_vs_naive"] = round(naive_row["ms_per_step"] / row["ms_per_step"], 2)
+            print(f"{args.profile} {device.type} " + describe(row), flush=True)
+        rows += batch_rows
+    out = Path(args.out)
+    record = save_record(
+        out / f"refine_{args.profile}_{device.type}.json",
+        "refine_bench",
+        rows,
+        profile=args.profile,
+        skipped=skipped,
+        guard=f"template cosine ≥ {GUARD_MIN_COSINE} against fp32 (pixel differences reported)",
+    )
+    if args.trace:
+        inputs = make_inputs(model, max(args.batches), device)
+        path = out / f"refine_profile_{args.profile}_{device.type}.md"
+        path.write_text(trace(Case(model, inputs, configs["fp32"]), device))
+        print(f"wrote {path}")
+    return {"path": record, "rows": rows, "skipped": skipped}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=profiles.PROFILES, default="tiny")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--steps", type=int, default=10, help="timed steps per case (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case; the median counts (default 3)")
+    p.add_argument("--precision", nargs="+", default=["fp32", "tf32", "bf16"], choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--switches", nargs="*", default=list(SWITCHES), choices=list(SWITCHES))
+    p.add_argument("--no-combined", dest="combined", action="store_false", help="skip the all-switches variant")
+    p.add_argument("--naive", action="store_true", help="also run the published code's way at each batch size")
+    p.add_argument("--trace", action="store_true", help="write a torch.profiler breakdown of one fp32 case")
+    p.add_argument("--out", default=str(results_dir()), help="default benchmarks/results/<date>-<machine>")
+    return p
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=profiles.PROFILES, default="tiny")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per case (default 10)")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"])
-    parser.add_argument("--naive", action="store_true", help="also run the published code's way at each batch size")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    model = profiles.random_bundle(args.profile).to(device)
-    rows = []
-    for precision in args.precision:
-        for batch in args.batches:
-            ours, ours_out = run_case(model, batch, args.steps, precision, device)
-            cases = [ours]
-            if args.naive:
-                naive, naive_out = run_naive(model, batch, args.steps, device)
-                ours["speedup_vs_naive"] = round(
-                    ours["images_per_s_at_50_steps"] / naive["images_per_s_at_50_steps"], 2
-                )
-                ours.update(agreement(model, ours_out, naive_out))
-                cases.append(naive)
-            for case in cases:
-                rows.append(case)
-                print(
-                    f"{args.profile} {device.type} {case['path']:5s} {case['precision']} batch {batch:3d}: "
-                    f"{case['ms_per_step']:9.1f} ms/step, {case['images_per_s_at_50_steps']:7.3f} images/s (50 steps), "
-                    f"peak {case['peak_memory_mib']:.0f} MiB"
-                    + (
-                        f", {case['speedup_vs_naive']}× naive, {case['min_template_cosine']} template cos"
-                        if "speedup_vs_naive" in case
-                        else ""
-                    ),
-                    flush=True,
-                )
-    save_record(
-        Path(args.out) / f"refine_{args.profile}_{device.type}.json", "refine_bench", rows, profile=args.profile
-    )
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def export_model(module: nn.Module, sig: Signature, path: Path, *, simplify: boo
         )
     graph = onnx.load(str(path))
     if simplify:
-        # Measured (benchmarks/results/onnx_simplify_tiny.json): onnxsim folds the traced shape
+        # Measured (benchmarks/results/2026-11-22-cpu-2core/onnx_simplify_tiny.json): onnxsim folds the traced shape
         # arithmetic — synthesis 1130 → 233 nodes, 28 % faster on onnxruntime; never slower.
         simplified, ok = onnxsim.simplify(graph)
         if ok:

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from benchmarks.load import COLUMNS, main
+from benchmarks.suite import write_summary
 from optimizer_backend.server import EmbeddedTritonServer
 
 
@@ -23,4 +24,11 @@ def test_a_short_sweep_writes_the_columns(triton_server: EmbeddedTritonServer, t
         assert 0 < server <= values["p99 latency"]  # the server's share of a request is inside its latency
         assert values["Server Compute Infer"] > values["Client Send"]  # a refinement outweighs building a request
     assert (tmp_path / "latency_throughput.png").stat().st_size > 0
-    assert "| Concurrency |" in (tmp_path / "summary.md").read_text()
+    assert "| Concurrency |" in (tmp_path / "load.md").read_text()
+    # the suite's headline reads the same run: saturation = the best level, latency = concurrency 1
+    headline = write_summary(tmp_path).read_text()
+    best = max(float(r["Inferences/Second"]) for r in rows)
+    faces = next(x for x in headline.splitlines() if x.startswith("| protected faces/s at saturation"))
+    p50 = next(x for x in headline.splitlines() if x.startswith("| single-request latency p50"))
+    assert f"| {best:.3g} (concurrency" in faces
+    assert f"{float(rows[0]['p50 latency']) / 1e6:.3g} s" in p50
