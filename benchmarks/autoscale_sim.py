@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     faces = result["served"]
     summary = {
         "curve": {"from": str(args.load), "machine": load["machine"], "pod_capacity_faces_per_s": curve.capacity},
+        "overlay": Path(args.overlay).name,
         "hpa": {k: v for k, v in vars(hpa).items() if k not in ("history", "changes")},
         "traffic": {"base_faces_per_s": base, "ramp": args.ramp, "ramp_minutes": args.ramp_minutes},
         "startup_s": args.startup_s,
@@ -274,7 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "faces_served": faces,
         "pod_hours": result["pod_hours"],
         "gpu_hour_usd": args.gpu_hour_usd,
-        "usd_per_million_faces": result["pod_hours"] * args.gpu_hour_usd / faces * 1e6 if faces else None,
+        "pod_hours_per_million_faces": result["pod_hours"] / faces * 1e6,
+        "usd_per_million_faces": result["pod_hours"] * args.gpu_hour_usd / faces * 1e6,
         "pod_hours_per_million_faces_at_saturation": 1e6 / curve.capacity / 3600,
     }
     out = Path(args.out)
