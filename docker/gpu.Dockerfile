@@ -19,7 +19,9 @@ COPY pyproject.toml README.md /src/
 COPY anonymixer /src/anonymixer
 COPY exporter /src/exporter
 COPY optimizer_backend /src/optimizer_backend
-RUN pip install "/src[gpu]" && rm -rf /src
+# no [gpu] extra: Triton's own onnxruntime/TensorRT backends serve the networks; the Python models
+# need torch and this project (onnxruntime-gpu beside onnxruntime would clash)
+RUN pip install /src && rm -rf /src
 
 # triton-server (uid 1000) is the NGC image's own non-root user; k8s runs it with a read-only root.
 USER 1000:1000
