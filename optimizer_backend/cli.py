@@ -253,7 +253,7 @@ def _execution_stats(url: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anonymixer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -283,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=None, help="refinement steps (default: the server's, 50)")
     d.add_argument("--out", default="out/demo")
     d.set_defaults(run=demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,36 @@ def test_gpu_overlay_asks_for_one_gpu_and_scales_on_queue_time_and_gpu_use(
     assert not any(o["kind"] == "Secret" for o in objects)
     assert any(o["kind"] == "Secret" for o in rendered["cpu-demo"])
     assert "create secret generic anonymixer-secrets" in (ROOT / "k8s" / "README.md").read_text()
+
+
+def triton_flags() -> set[str]:
+    """The options the embedded tritonserver (2.51, nvidia-pytriton) knows, from its --help."""
+    from optimizer_backend.server import pytriton_paths
+
+    server_dir, libs = pytriton_paths()
+    env = {**os.environ, "LD_LIBRARY_PATH": str(libs)}
+    out = subprocess.run(
+        [str(server_dir / "bin" / "tritonserver"), "--help"], capture_output=True, text=True, env=env, check=False
+    )
+    return set(re.findall(r"--[a-z][a-z-]+", out.stdout + out.stderr))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_server_command_is_one_its_program_accepts(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    container = server(rendered[overlay])
+    command = container["command"] + container.get("args", [])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    if command[0] == "tritonserver":
+        known = triton_flags()
+        assert {"--model-repository", "--exit-timeout-secs", "--grpc-use-ssl"} <= known  # --help was read
+        assert [a.split("=")[0] for a in command[1:] if a.split("=")[0] not in known] == []
+    else:
+        from optimizer_backend.cli import build_parser
+
+        assert command[0] == "anonymixer"
+        args = build_parser().parse_args(command[1:])
+        assert args.command == "serve" and args.host == "0.0.0.0"  # reachable from the Service
+        assert (args.http_port, args.grpc_port, args.metrics_port) == (ports["http"], ports["grpc"], ports["metrics"])
 
 
 def test_object_store_overlay_fetches_the_repository_before_triton_starts(
