@@ -58,7 +58,7 @@ class PodCurve:
 
     @classmethod
     def from_load(cls, rows: list[dict[str, float]]) -> PodCurve:
-        rows = sorted(rows, key=lambda r: r["Concurrency"])
+        rows = sorted(rows, key=lambda r: r.get("Concurrency", r.get("Request Rate", 0)))
         # past the level with the best throughput the pod is overloaded (more queueing, no more
         # throughput): the curve is the levels up to it
         peak = max(range(len(rows)), key=lambda i: rows[i]["Inferences/Second"])

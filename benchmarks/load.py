@@ -1,11 +1,14 @@
 """Load benchmark of a running service over gRPC, in perf_analyzer's columns.
 
     python -m benchmarks.load [--url 127.0.0.1:8001 | --start [--profile tiny|ffhq1024] [--gpu]]
-                              [--concurrency 1 2 4 8] [--duration 20] [--warmup 5] [--steps N] [--out DIR]
+                              [--concurrency 1 2 4 8 | --request-rate 0.5 1 2 [--max-outstanding 64]]
+                              [--duration 20] [--warmup 5] [--steps N] [--out DIR]
 
 For each concurrency level, that many threads (one gRPC client each) send one-face requests to
-``anonymixer`` back to back for ``--duration`` seconds, after ``--warmup`` seconds that are not
-counted (a level with no answer yet keeps measuring until one, up to 60 s). Per level it
+``anonymixer`` back to back; with ``--request-rate``, requests leave on a fixed schedule (open loop,
+up to ``--max-outstanding`` in flight, latency counted from the scheduled time). Each level runs
+``--duration`` seconds after ``--warmup`` seconds that are not counted (a level with no answer yet
+keeps measuring until one, up to 60 s). Per level it
 records what perf_analyzer reports — Inferences/Second, Client Send,
 Network+Server Send/Recv, Server Queue, Server Compute Input/Infer/Output, Client Recv and the
 p50/p90/p95/p99 latencies, all in µs — the server parts from the deltas of Triton's statistics
@@ -25,6 +28,7 @@ import csv
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from benchmarks.machine import machine_label, results_dir, save_record
 
+LEVEL_COLUMN = {"concurrency": "Concurrency", "rate": "Request Rate"}  # perf_analyzer's first column
 COLUMNS = [
     "Concurrency",
     "Inferences/Second",
@@ -88,8 +93,20 @@ def settled_totals(client: Any, model: str, expected: int, timeout_s: float = 10
 
 
 def run_level(
-    url: str, model: str, face: bytes, concurrency: int, duration: float, warmup: float, steps: int | None, cap: int
+    url: str,
+    model: str,
+    face: bytes,
+    level: float,
+    duration: float,
+    warmup: float,
+    steps: int | None,
+    cap: int,
+    mode: str = "concurrency",
+    max_outstanding: int = 64,
 ) -> dict[str, float]:
+    """One level: ``level`` closed-loop senders (``mode="concurrency"``), or ``level`` requests/s
+    sent on a fixed schedule whatever the answers (``mode="rate"``, open loop; latency counts from
+    the scheduled time, so waiting for one of ``max_outstanding`` senders is part of it)."""
     import tritonclient.grpc as grpcclient
 
     records: list[tuple[float, float, float]] = []  # (latency, send, recv) in seconds, of requests done in the window
@@ -98,35 +115,61 @@ def run_level(
     stop = threading.Event()
     counted = [0]
 
-    def worker(index: int) -> None:
+    def send_one(client: Any, key: bytes, scheduled: float) -> None:
+        t0 = time.perf_counter()
+        inputs = []
+        for name, value, dtype in (("IMAGE", face, "BYTES"), ("KEY", key, "BYTES")):
+            tensor = grpcclient.InferInput(name, [1, 1], dtype)
+            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+            inputs.append(tensor)
+        if steps is not None:
+            tensor = grpcclient.InferInput("STEPS", [1, 1], "INT32")
+            tensor.set_data_from_numpy(np.array([[steps]], dtype=np.int32))
+            inputs.append(tensor)
+        t1 = time.perf_counter()
+        result = client.infer(model, inputs, client_timeout=600)
+        t2 = time.perf_counter()
+        result.as_numpy("PROTECTED"), result.as_numpy("TEMPLATE")
+        t3 = time.perf_counter()
+        if measuring.is_set():  # completed inside the measured window, as perf_analyzer counts
+            with lock:
+                records.append((t3 - scheduled, t1 - t0, t3 - t2))
+                counted[0] += 1
+                if counted[0] >= cap:
+                    stop.set()
+
+    def closed_loop(index: int) -> None:
         with grpcclient.InferenceServerClient(url) as client:
             n = 0
             while not stop.is_set():
-                t0 = time.perf_counter()
-                inputs = []
-                for name, value, dtype in (("IMAGE", face, "BYTES"), ("KEY", f"load {index} {n}".encode(), "BYTES")):
-                    tensor = grpcclient.InferInput(name, [1, 1], dtype)
-                    tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-                    inputs.append(tensor)
-                if steps is not None:
-                    tensor = grpcclient.InferInput("STEPS", [1, 1], "INT32")
-                    tensor.set_data_from_numpy(np.array([[steps]], dtype=np.int32))
-                    inputs.append(tensor)
-                t1 = time.perf_counter()
-                result = client.infer(model, inputs, client_timeout=600)
-                t2 = time.perf_counter()
-                result.as_numpy("PROTECTED"), result.as_numpy("TEMPLATE")
-                t3 = time.perf_counter()
+                send_one(client, f"load {index} {n}".encode(), time.perf_counter())
                 n += 1
-                if measuring.is_set():  # completed inside the measured window, as perf_analyzer counts
-                    with lock:
-                        records.append((t3 - t0, t1 - t0, t3 - t2))
-                        counted[0] += 1
-                        if counted[0] >= cap:
-                            stop.set()
 
+    def open_loop() -> None:
+        local, clients = threading.local(), []
+
+        def task(key: bytes, scheduled: float) -> None:
+            if not hasattr(local, "client"):
+                local.client = grpcclient.InferenceServerClient(url)
+                clients.append(local.client)
+            send_one(local.client, key, scheduled)
+
+        pool = ThreadPoolExecutor(max_outstanding)
+        next_time, n = time.perf_counter(), 0
+        while not stop.is_set():
+            if stop.wait(max(next_time - time.perf_counter(), 0)):
+                break
+            pool.submit(task, f"load rate {n}".encode(), next_time)
+            n, next_time = n + 1, next_time + 1 / level
+        pool.shutdown(wait=True, cancel_futures=True)
+        for client in clients:
+            client.close()
+
+    if mode == "rate":
+        threads = [threading.Thread(target=open_loop, daemon=True)]
+    else:
+        threads = [threading.Thread(target=closed_loop, args=(i,), daemon=True) for i in range(int(level))]
     with grpcclient.InferenceServerClient(url) as stats_client:
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
         for thread in threads:
             thread.start()
         time.sleep(warmup)
@@ -143,7 +186,7 @@ def run_level(
             thread.join()
         after = settled_totals(stats_client, model, before["success"] + len(records))
     if not records:
-        raise SystemExit(f"concurrency {concurrency}: no request finished within {max(60.0, 3 * duration)} s")
+        raise SystemExit(f"{mode} {level:g}: no request finished within {max(60.0, 3 * duration)} s")
     latency, send, recv = (np.array(column) * 1e6 for column in zip(*records, strict=True))
     served = max(after["success"] - before["success"], 1)
 
@@ -152,7 +195,7 @@ def run_level(
 
     server = {p: server_us(p) for p in ("queue", "compute_input", "compute_infer", "compute_output")}
     return {
-        "Concurrency": concurrency,
+        LEVEL_COLUMN[mode]: level,
         "Inferences/Second": len(records) / elapsed,
         "Client Send": float(send.mean()),
         "Network+Server Send/Recv": max(float(latency.mean() - send.mean() - recv.mean()) - sum(server.values()), 0.0),
@@ -182,7 +225,8 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     for q in (50, 99):
         ax.plot(throughput, [r[f"p{q} latency"] / 1e3 for r in rows], "o-", label=f"p{q}")
     for r in rows:
-        ax.annotate(f"c={r['Concurrency']}", (r["Inferences/Second"], r["p50 latency"] / 1e3), fontsize=8)
+        label = f"c={r['Concurrency']:g}" if "Concurrency" in r else f"r={r['Request Rate']:g}/s"
+        ax.annotate(label, (r["Inferences/Second"], r["p50 latency"] / 1e3), fontsize=8)
     ax.set_xlabel("protected faces / s")
     ax.set_ylabel("latency (ms)")
     ax.set_title(title, fontsize=9)
@@ -216,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=PROFILES, default="tiny", help="what --start serves (random weights)")
     parser.add_argument("--gpu", action="store_true", help="--start with the models on GPU 0")
     parser.add_argument("--model", default="anonymixer")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="closed-loop senders")
+    levels.add_argument("--request-rate", type=float, nargs="+", help="open loop: requests/s per level instead")
+    parser.add_argument("--max-outstanding", type=int, default=64, help="open loop: at most this many in flight")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each level")
     parser.add_argument("--max-requests", type=int, default=100_000, help="stop a level after this many")
@@ -226,13 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else results_dir()
     out.mkdir(parents=True, exist_ok=True)
     face = sample_face()
+    mode = "rate" if args.request_rate else "concurrency"
+    columns = [LEVEL_COLUMN[mode], *COLUMNS[1:]]
 
     def sweep(url: str) -> list[dict[str, float]]:
         rows = []
-        for level in args.concurrency:
-            row = run_level(url, args.model, face, level, args.duration, args.warmup, args.steps, args.max_requests)
+        for level in args.request_rate or args.concurrency:
+            row = run_level(
+                url,
+                args.model,
+                face,
+                level,
+                args.duration,
+                args.warmup,
+                args.steps,
+                args.max_requests,
+                mode,
+                args.max_outstanding,
+            )
             print(
-                f"concurrency {level}: {row['Inferences/Second']:.2f} infer/s, p50 {row['p50 latency'] / 1e3:.0f} ms, "
+                f"{mode} {level:g}: {row['Inferences/Second']:.2f} infer/s, p50 {row['p50 latency'] / 1e3:.0f} ms, "
                 f"p99 {row['p99 latency'] / 1e3:.0f} ms, server queue {row['Server Queue'] / 1e3:.0f} ms",
                 flush=True,
             )
@@ -247,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = sweep(args.url)
     with (out / "load.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: cell(v) for k, v in r.items()} for r in rows)
     served = f"{args.profile} (random weights, started here)" if args.start else args.url
@@ -265,10 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: `{json.dumps(machine)}`",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + " --- |" * len(COLUMNS),
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
     ]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     (out / "load.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}/load.csv, load.json, load.md and latency_throughput.png")
     return 0

@@ -67,6 +67,10 @@ def fmt(value: float, unit: str = "") -> str:
     return text + unit
 
 
+def level(row: dict[str, float]) -> str:
+    return f"concurrency {row['Concurrency']:g}" if "Concurrency" in row else f"{row['Request Rate']:g} requests/s"
+
+
 def headline(refines: list[dict[str, Any]], load_rows: list[dict[str, float]], label: str) -> list[str]:
     """The headline table: each target beside what this run measured, labelled with the machine."""
     lines = [
@@ -75,10 +79,10 @@ def headline(refines: list[dict[str, Any]], load_rows: list[dict[str, float]], l
     ]
     if load_rows:
         best = max(load_rows, key=lambda r: r["Inferences/Second"])
-        single = next((r for r in load_rows if r["Concurrency"] == 1), None)
+        single = next((r for r in load_rows if r.get("Concurrency") == 1), None)  # none in a rate sweep
         lines.append(
             f"| protected faces/s at saturation (server, 5 views = 6 refined items per face) | "
-            f"≥ {TARGETS['faces_per_s']:g} | {fmt(best['Inferences/Second'])} (concurrency {best['Concurrency']:g}) "
+            f"≥ {TARGETS['faces_per_s']:g} | {fmt(best['Inferences/Second'])} ({level(best)}) "
             f"| {label}, {load_rows[0].get('profile', '')} |"
         )
         if single:

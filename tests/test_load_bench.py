@@ -32,3 +32,16 @@ def test_a_short_sweep_writes_the_columns(triton_server: EmbeddedTritonServer, t
     p50 = next(x for x in headline.splitlines() if x.startswith("| single-request latency p50"))
     assert f"| {best:.3g} (concurrency" in faces
     assert f"{float(rows[0]['p50 latency']) / 1e6:.3g} s" in p50
+
+
+def test_a_request_rate_level_sends_on_schedule(triton_server: EmbeddedTritonServer, tmp_path: Path) -> None:
+    args = ["--url", triton_server.grpc_url, "--request-rate", "1", "--duration", "4", "--warmup", "1"]
+    assert main([*args, "--steps", "1", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "load.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert list(row) == ["Request Rate", *COLUMNS[1:]] and float(row["Request Rate"]) == 1
+    # open loop: about one answer per second, whatever each takes (the last ones may fall outside)
+    assert 0.25 <= float(row["Inferences/Second"]) <= 1.5
+    assert float(row["p50 latency"]) <= float(row["p99 latency"])
+    headline = write_summary(tmp_path).read_text()
+    assert "(1 requests/s)" in headline and "single-request latency" not in headline
