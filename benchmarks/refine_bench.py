@@ -27,7 +27,8 @@ augmented views: a single photo with the default 5 views costs 6 items).
 
 ``--trace`` profiles 3 steps of ``fp32`` at the largest batch (torch.profiler) and writes
 ``refine_profile.md``: time per stage of the step and the most expensive operators.
-Writes ``refine_<profile>_<device>.json`` (and the profile) to ``--out``.
+Writes ``refine_<profile>_<device>.json`` (and the profile) to ``--out``; rows of other batch sizes
+already in that file are kept, so a sweep can be split over several calls.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -332,8 +334,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{args.profile} {device.type} " + describe(row), flush=True)
         rows += batch_rows
     out = Path(args.out)
+    path = out / f"refine_{args.profile}_{device.type}.json"
+    if path.exists():  # a run split over several calls (a 10-minute GPU lease): keep the other batch sizes
+        earlier = json.loads(path.read_text())["results"]
+        rows = sorted([r for r in earlier if r["batch"] not in args.batches] + rows, key=lambda r: r["batch"])
     record = save_record(
-        out / f"refine_{args.profile}_{device.type}.json",
+        path,
         "refine_bench",
         rows,
         profile=args.profile,

@@ -15,7 +15,8 @@ Runs, on CUDA when there is a GPU and on the CPU otherwise:
   ≥ 20× the naive baseline), every measured table, and where the time goes.
 
 Writes to ``benchmarks/results/<date>-<machine>/`` (``--out`` to change). Parts can run in separate
-calls (a GPU lease is at most 10 minutes a call): ``--part refine``, then ``--part load``, then
+calls (a GPU lease is at most 10 minutes a call): ``--part refine --batches 1 8``, ``--part refine
+--batches 16 32`` (rows of other batch sizes are kept), then ``--part load``, then
 ``--part summary``. ``--quick`` shortens everything (a smoke run, not figures to publish).
 """
 
@@ -35,13 +36,13 @@ TARGETS = {"faces_per_s": 10.0, "p50_s": 1.0, "speedup": 20.0}  # issue 9, one H
 PARTS = ("refine", "load", "summary")
 
 
-def refine_runs(cuda: bool, quick: bool) -> list[list[str]]:
-    """refine_bench argument lists for this machine."""
+def refine_runs(cuda: bool, quick: bool, batches: list[str] | None = None) -> list[list[str]]:
+    """refine_bench argument lists for this machine (``batches`` overrides the main profile's)."""
     steps = "3" if quick else "10"
     if cuda:
-        batches = ["1", "8"] if quick else ["1", "8", "16", "32"]
+        batches = batches or (["1", "8"] if quick else ["1", "8", "16", "32"])
         return [["--profile", "ffhq1024", "--device", "cuda", "--batches", *batches, "--steps", steps]]
-    tiny_batches = ["1", "8"] if quick else ["1", "8", "24"]
+    tiny_batches = batches or (["1", "8"] if quick else ["1", "8", "24"])
     # compiling the full-size step takes ~10 min on 2 cores: the CPU's ffhq1024 run leaves it out
     full_size = ["--batches", "1", "--steps", "1" if quick else "2", "--repeats", "1"]
     full_size += ["--switches", "channels_last", "loss_256"]
@@ -213,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--out", default=None, help="default benchmarks/results/<date>-<machine>")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (not figures to publish)")
+    parser.add_argument("--batches", nargs="+", help="refine: these batch sizes only (split a GPU sweep over calls)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else results_dir()
     cuda = torch.cuda.is_available()
     if "refine" in args.part:
-        for run_args in refine_runs(cuda, args.quick):
+        for run_args in refine_runs(cuda, args.quick, args.batches):
             print("refine_bench " + " ".join(run_args), flush=True)
             refine_bench.run(refine_bench.parser().parse_args([*run_args, "--naive", "--trace", "--out", str(out)]))
     if "load" in args.part:

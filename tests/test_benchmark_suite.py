@@ -40,3 +40,25 @@ def test_refine_bench_measures_each_switch_against_fp32_and_the_naive_baseline(t
     line = next(x for x in summary.splitlines() if x.startswith("| refinement throughput over the naive"))
     assert f"{ratio:.3g}×" in line and "cpu-" in line and "tiny" in line
     assert "Not measured here: `bf16`" in summary
+
+
+def test_a_sweep_split_over_calls_keeps_the_other_batch_sizes(tmp_path: Path) -> None:
+    base = [
+        "--profile",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--switches",
+        "--out",
+        str(tmp_path),
+    ]
+    refine_bench.run(refine_bench.parser().parse_args([*base, "--batches", "1", "2"]))
+    first = json.loads((tmp_path / "refine_tiny_cpu.json").read_text())["results"]
+    refine_bench.run(refine_bench.parser().parse_args([*base, "--batches", "2", "3"]))
+    rows = json.loads((tmp_path / "refine_tiny_cpu.json").read_text())["results"]
+    assert [(r["variant"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("fp32", 3)]
+    assert rows[0] == first[0] and rows[1] != first[1]  # batch 1 kept, batch 2 measured again
