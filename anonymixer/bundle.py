@@ -70,8 +70,12 @@ class Bundle:
     def embedding_size(self) -> int:
         return int(self.config["face_embedder"]["embedding_size"])
 
+    @property
+    def networks(self) -> tuple[nn.Module, ...]:
+        return (self.generator, self.encoder, self.face_embedder)
+
     def to(self, device: torch.device | str) -> Bundle:
-        for module in (self.generator, self.encoder, self.face_embedder):
+        for module in self.networks:
             module.to(device)
         self.w_avg = self.w_avg.to(device)
         return self

@@ -25,6 +25,10 @@ class Mix:
     trainable: torch.Tensor  # [B, stop - start, d], the initial value of the trained rows
     rows: tuple[int, int]
 
+    def take(self, index: torch.Tensor | slice) -> Mix:
+        """The items at ``index`` (a batch subset)."""
+        return Mix(self.fixed[index], self.trainable[index], self.rows)
+
     def assemble(self, trainable: torch.Tensor | None = None) -> torch.Tensor:
         """The full W+ [B, n_latent, d] with ``trainable`` (default: the initial value) in place."""
         start, stop = self.rows

@@ -28,8 +28,8 @@ from anonymixer.config import ProtectConfig
 from anonymixer.images import to_uint8
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, fr_crop, resize
-from anonymixer.mixing import Mix, mix_latents
-from anonymixer.refine import StepCallback, prepare_networks, refine_latents
+from anonymixer.mixing import mix_latents
+from anonymixer.refine import StepCallback, refine_latents, set_memory_format
 
 KeyLike = SecretKey | bytes | bytearray | str
 # Measured (benchmarks/refine_bench.py, tiny, 2-core CPU): 22 ms per item and step at 24 items,
@@ -109,7 +109,8 @@ class Protector:
         self.salt = salt
         self.device = model.w_avg.device
         self.attribute_loss = build_attribute_loss(self.config, model)
-        prepare_networks(self.config, model.generator, model.face_embedder, model.encoder)
+        if self.config.channels_last:  # the refinement loop's layout (ProtectConfig.channels_last)
+            set_memory_format(model.networks, channels_last=True)
         self.stages = stages or torch_stages(model)
         self.timings: dict[str, float] = {}
         self.refined_items = 0
@@ -206,7 +207,7 @@ class Protector:
         steps_run = int(steps)
         with timer("refine"):
             for chunk in self._chunks(all_groups):
-                part = Mix(mix.fixed[chunk], mix.trainable[chunk], mix.rows)
+                part = mix.take(chunk)
                 result = refine_latents(
                     part,
                     all_x[chunk],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -52,22 +52,21 @@ def precision_context(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def span(name: str) -> contextlib.AbstractContextManager[object]:
-    """A named range for torch.profiler (benchmarks/refine_bench.py --profile-step); nothing
+    """A named range for torch.profiler (benchmarks/refine_bench.py --trace); nothing
     inside a compiled step, where dynamo would drop it with a warning."""
     return contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(name)
 
 
-def prepare_networks(config: ProtectConfig, *modules: nn.Module) -> None:
-    """Put the networks the loop differentiates through in the config's memory format (in place).
+def set_memory_format(modules: Iterable[nn.Module], channels_last: bool) -> None:
+    """Put the networks' 4-D weights and buffers in NHWC (``channels_last``) or NCHW, in place.
 
     Only 4-D tensors have an NHWC layout; ``Module.to(memory_format=...)`` refuses the 5-D
     modulated-conv weights, so each tensor is converted on its own."""
-    if not config.channels_last:
-        return
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for module in modules:
         for tensor in [*module.parameters(), *module.buffers()]:
             if tensor.dim() == 4:
-                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+                tensor.data = tensor.data.contiguous(memory_format=memory_format)
 
 
 def step_losses(

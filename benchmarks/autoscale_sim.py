@@ -30,7 +30,6 @@ autoscale.json (replica count at peak, p99 at peak, pod-hours, GPU cost per 1 M 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -245,10 +244,8 @@ def plot(series: dict[str, list[float]], path: Path, title: str) -> None:
 
 
 def rendered_hpa(overlay: Path) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("k8s_check", ROOT / "k8s" / "check.py")
-    assert spec and spec.loader
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    from k8s import check  # k8s/check.py, from the repository root
+
     return next(o for o in check.render(overlay) if o["kind"] == "HorizontalPodAutoscaler")
 
 

@@ -52,7 +52,7 @@ from anonymixer.config import ProtectConfig
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, E4EFeatureLoss, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
-from anonymixer.refine import prepare_networks, refine_latents
+from anonymixer.refine import refine_latents, set_memory_format
 from benchmarks.machine import results_dir, save_record
 
 FULL_STEPS = 50
@@ -120,7 +120,7 @@ def variant_configs(
 def unfrozen(model: Bundle) -> Iterator[None]:
     """The published code's setting: network weights require gradients (autograd computes them
     and throws them away). The bundle's modules are frozen; this lifts it for the naive run."""
-    params = [p for m in (model.generator, model.face_embedder, model.encoder) for p in m.parameters()]
+    params = [p for m in model.networks for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     try:
@@ -133,15 +133,12 @@ def unfrozen(model: Bundle) -> Iterator[None]:
 
 @contextlib.contextmanager
 def networks_for(model: Bundle, config: ProtectConfig) -> Iterator[None]:
-    """The networks in ``config``'s memory format for the duration, then back to contiguous."""
-    modules = (model.generator, model.face_embedder, model.encoder)
-    prepare_networks(config, *modules)
+    """The networks in ``config``'s memory format for the duration, then back to NCHW."""
+    set_memory_format(model.networks, config.channels_last)
     try:
         yield
     finally:
-        for module in modules:
-            for tensor in [*module.parameters(), *module.buffers()]:
-                tensor.data = tensor.data.contiguous()
+        set_memory_format(model.networks, channels_last=False)
 
 
 def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -189,12 +186,7 @@ class Case:
             return self._refine(mix, x, groups, steps, config)
         one = groups[:1] * 0
         return torch.cat(
-            [
-                self._refine(
-                    Mix(mix.fixed[i : i + 1], mix.trainable[i : i + 1], mix.rows), x[i : i + 1], one, steps, config
-                )
-                for i in range(x.shape[0])
-            ]
+            [self._refine(mix.take(slice(i, i + 1)), x[i : i + 1], one, steps, config) for i in range(x.shape[0])]
         )
 
     def flops_per_step(self) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 
 from benchmarks.autoscale_sim import Hpa, PodCurve, quantity, simulate
+from k8s import check
 
 
 def hpa(**overrides: object) -> Hpa:
@@ -57,7 +57,7 @@ def test_scale_down_waits_for_the_stabilisation_window() -> None:
     assert scaler.desired(330, 4, 4, queue_us=0, busy=0.2) == 4
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="renders the gpu overlay's HPA with kubectl")
+@pytest.mark.skipif(check.kustomize_command() is None, reason="renders the gpu overlay's HPA with kubectl or kustomize")
 def test_a_tenfold_ramp_through_the_gpu_overlay_hpa() -> None:
     from benchmarks.autoscale_sim import ROOT, rendered_hpa
 

@@ -4,22 +4,17 @@ on a manifest that breaks it."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k8s import check
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("k8s_check", ROOT / "k8s" / "check.py")
-assert spec and spec.loader
-check = importlib.util.module_from_spec(spec)
-sys.modules["k8s_check"] = check
-spec.loader.exec_module(check)
 
 pytestmark = pytest.mark.skipif(
     check.kustomize_command() is None, reason="needs kubectl (kubectl kustomize) or kustomize on PATH"
