@@ -5,12 +5,17 @@ A bundle is a folder::
     bundle.json                 profile, resolution, n_latent, style_dim, architectures,
                                 face embedder, source checksums, file checksums, format version
     generator.safetensors       StyleGAN2 generator (incl. the fixed noise buffers and FIR kernels)
-    encoder.safetensors         e4e encoder (Encoder4Editing)
+    encoder.safetensors         e4e encoder (Encoder4Editing); absent when bundle.json's "encoder" is null
     face_embedder.safetensors   IR-SE or MobileFaceNet
     latents.safetensors         latent_avg [n_latent, style_dim] (added to e4e codes), w_avg [style_dim]
 
 ``bundle.json`` is written last, so a folder with one is complete. :func:`load` checks the
 format version and every file's SHA-256 before building the networks.
+
+A bundle without an encoder (``mobile1024``: MobileStyleGAN has no e4e) has ``encoder`` None and no
+``encoder.safetensors``; what needs an encoder asks for it through :meth:`Bundle.require_encoder`,
+which says so clearly. ``latent_avg`` is then w_avg on every row (the centre an optimisation-based
+inversion starts from).
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from torch import nn
 
 from anonymixer.checkpoints import file_sha256, strict_load
 from anonymixer.networks import (
+    AnyGenerator,
     E4EInverter,
     Encoder4Editing,
-    Generator,
     build_encoder,
     build_face_embedder,
     build_generator,
@@ -48,11 +53,16 @@ class Bundle:
     """Ready-to-run networks of a bundle, in eval mode with gradients switched off."""
 
     config: dict[str, Any]
-    generator: Generator
-    encoder: E4EInverter  # image → W+ (latent_avg included)
+    generator: AnyGenerator
+    encoder: E4EInverter | None  # image → W+ (latent_avg included); None: the bundle has no encoder
     face_embedder: nn.Module  # [3, 112, 112] in [-1, 1] → L2-normalised embedding
     w_avg: torch.Tensor  # [style_dim], the truncation centre
+    latent_avg: torch.Tensor  # [n_latent, style_dim], what the encoder's codes are offsets from
     path: Path | None = None
+
+    @property
+    def profile(self) -> str:
+        return str(self.config["profile"])
 
     @property
     def resolution(self) -> int:
@@ -71,13 +81,28 @@ class Bundle:
         return int(self.config["face_embedder"]["embedding_size"])
 
     @property
+    def notice(self) -> str | None:
+        """The terms of use of the bundle's weights, where they restrict use (printed once at start-up)."""
+        return self.config.get("notice")
+
+    @property
     def networks(self) -> tuple[nn.Module, ...]:
-        return (self.generator, self.encoder, self.face_embedder)
+        return tuple(m for m in (self.generator, self.encoder, self.face_embedder) if m is not None)
+
+    def require_encoder(self, purpose: str) -> E4EInverter:
+        """The e4e inverter, or a clear error naming what needed it."""
+        if self.encoder is None:
+            raise BundleError(
+                f"{purpose} needs an e4e encoder, and the {self.profile} bundle has none "
+                "(inverting faces by optimisation is not implemented yet)"
+            )
+        return self.encoder
 
     def to(self, device: torch.device | str) -> Bundle:
         for module in self.networks:
             module.to(device)
         self.w_avg = self.w_avg.to(device)
+        self.latent_avg = self.latent_avg.to(device)
         return self
 
 
@@ -88,15 +113,16 @@ def _frozen(module: nn.Module) -> nn.Module:
 def make(
     *,
     profile: str,
-    generator: Generator,
+    generator: AnyGenerator,
     generator_arch: dict[str, Any],
-    encoder: Encoder4Editing,
-    encoder_arch: dict[str, Any],
+    encoder: Encoder4Editing | None,
+    encoder_arch: dict[str, Any] | None,
     latent_avg: torch.Tensor,
     w_avg: torch.Tensor,
     face_embedder: nn.Module,
     face_embedder_arch: dict[str, Any],
     sources: dict[str, Any],
+    notice: str | None = None,
 ) -> Bundle:
     """An in-memory bundle from its networks (what :func:`save` writes and :func:`load` returns)."""
     if tuple(latent_avg.shape) != (generator.n_latent, generator.style_dim):
@@ -113,14 +139,25 @@ def make(
         "encoder": encoder_arch,
         "face_embedder": face_embedder_arch,
         "sources": sources,
+        **({"notice": notice} if notice else {}),
     }
     return Bundle(
         config=config,
         generator=_frozen(generator),
-        encoder=_frozen(E4EInverter(encoder, latent_avg.float())),
+        encoder=_inverter(encoder, latent_avg.float()),
         face_embedder=_frozen(face_embedder),
         w_avg=w_avg.float(),
+        latent_avg=latent_avg.float(),
     )
+
+
+def _inverter(encoder: Encoder4Editing | None, latent_avg: torch.Tensor) -> E4EInverter | None:
+    return None if encoder is None else _frozen(E4EInverter(encoder, latent_avg))
+
+
+def weight_files(config: dict[str, Any]) -> tuple[str, ...]:
+    """The safetensors files a bundle with this ``bundle.json`` holds."""
+    return tuple(name for name in WEIGHT_FILES if name != "encoder" or config.get("encoder") is not None)
 
 
 def save(model: Bundle, out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -132,12 +169,12 @@ def save(model: Bundle, out_dir: str | Path, *, overwrite: bool = False) -> Path
     (out / MANIFEST).unlink(missing_ok=True)
     tensors = {
         "generator": model.generator.state_dict(),
-        "encoder": model.encoder.encoder.state_dict(),
+        "encoder": model.encoder.encoder.state_dict() if model.encoder is not None else {},
         "face_embedder": model.face_embedder.state_dict(),
-        "latents": {"latent_avg": model.encoder.latent_avg, "w_avg": model.w_avg},
+        "latents": {"latent_avg": model.latent_avg, "w_avg": model.w_avg},
     }
     files = {}
-    for name in WEIGHT_FILES:
+    for name in weight_files(model.config):
         path = out / f"{name}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors[name].items()}, path)
         files[path.name] = file_sha256(path)
@@ -169,7 +206,7 @@ def read_config(bundle_dir: str | Path) -> dict[str, Any]:
 
 def verify_files(bundle_dir: str | Path, config: dict[str, Any]) -> None:
     root = Path(bundle_dir)
-    for name in WEIGHT_FILES:
+    for name in weight_files(config):
         fname = f"{name}.safetensors"
         path = root / fname
         if not path.is_file():
@@ -198,17 +235,20 @@ def load(bundle_dir: str | Path, device: torch.device | str = "cpu", *, verify: 
 
     generator = build_generator(config["generator"])
     strict_load(generator, weights("generator"), f"{root} generator")
-    encoder = build_encoder(config["encoder"])
-    strict_load(encoder, weights("encoder"), f"{root} encoder")
+    encoder = None
+    if config.get("encoder") is not None:
+        encoder = build_encoder(config["encoder"])
+        strict_load(encoder, weights("encoder"), f"{root} encoder")
     embedder = build_face_embedder(config["face_embedder"])
     strict_load(embedder, weights("face_embedder"), f"{root} face_embedder")
     latents = weights("latents")
     model = Bundle(
         config=config,
         generator=_frozen(generator),
-        encoder=_frozen(E4EInverter(encoder, latents["latent_avg"])),
+        encoder=_inverter(encoder, latents["latent_avg"]),
         face_embedder=_frozen(embedder),
         w_avg=latents["w_avg"],
+        latent_avg=latents["latent_avg"],
         path=root,
     )
     return model.to(device)

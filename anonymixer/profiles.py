@@ -1,5 +1,6 @@
-"""Bundle profiles: ``ffhq1024`` (the official files, or seeded random weights in their layout) and
-``tiny`` (seeded random weights).
+"""Bundle profiles: ``ffhq1024`` (the official files, or seeded random weights in their layout),
+``mobile1024`` (real trained weights that can be had: MobileStyleGAN-FFHQ from the ``random-face``
+wheel, no encoder, MobileFaceNet or IR-SE as FR) and ``tiny`` (seeded random weights).
 
 ``tiny`` keeps every network's real architecture and key layout and shrinks widths, depths and
 resolution so a whole protection runs in seconds on two CPU cores. It is for tests and the demo:
@@ -20,7 +21,8 @@ from anonymixer.networks import build_encoder, build_face_embedder, build_genera
 from anonymixer.networks.stylegan2 import default_channels
 from anonymixer.seeded_init import seeded_draw, seeded_init_
 
-PROFILES = ("ffhq1024", "tiny")
+PROFILES = ("ffhq1024", "mobile1024", "tiny")
+W_AVG_SAMPLES = 4096  # z drawn for w_avg, as the random-face package's own config does
 
 ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
@@ -91,7 +93,7 @@ def build_tiny(out_dir: str | Path, *, seed: int = 0, fr: str | Path | None = No
 
 
 @torch.no_grad()
-def _mapped_mean(generator: torch.nn.Module, seed: int, samples: int = 4096) -> torch.Tensor:
+def _mapped_mean(generator: torch.nn.Module, seed: int, samples: int = W_AVG_SAMPLES) -> torch.Tensor:
     """Mean of mapping(z) over a fixed, portable set of z (what w_avg is for a trained generator)."""
     z = torch.from_numpy(seeded_draw("w_avg.z", seed, (samples, generator.style_dim))).float()
     return generator.mapping(z).mean(0)
@@ -127,5 +129,34 @@ def build_ffhq1024(out_dir: str | Path, *, e4e: str | Path, fr: str | Path, over
         face_embedder=embedder,
         face_embedder_arch=embedder_arch,
         sources={"e4e": _source(ckpt), "fr": fr_source},
+    )
+    return bundle.save(model, out_dir, overwrite=overwrite)
+
+
+def build_mobile1024(
+    out_dir: str | Path, *, fr: str | Path, generator_ir: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Bundle of MobileStyleGAN-FFHQ (the random-face wheel's IR, or ``generator_ir``) and an FR checkpoint.
+
+    No encoder: faces are inverted by optimisation. ``w_avg`` is the mean of mapping over
+    :data:`W_AVG_SAMPLES` seeded z (seed 0), and ``latent_avg`` repeats it on every row.
+    """
+    from anonymixer.mobilestylegan_ir import NOTICE, load_mobilestylegan
+
+    generator, generator_arch, generator_source = load_mobilestylegan(generator_ir)
+    embedder, embedder_arch, fr_source = _face_embedder(fr)
+    w_avg = _mapped_mean(generator, seed=0)
+    model = bundle.make(
+        profile="mobile1024",
+        generator=generator,
+        generator_arch=generator_arch,
+        encoder=None,
+        encoder_arch=None,
+        latent_avg=w_avg.expand(generator.n_latent, -1).clone(),
+        w_avg=w_avg,
+        face_embedder=embedder,
+        face_embedder_arch=embedder_arch,
+        sources={"generator": generator_source, "fr": fr_source, "w_avg": {"samples": W_AVG_SAMPLES, "seed": 0}},
+        notice=NOTICE,
     )
     return bundle.save(model, out_dir, overwrite=overwrite)

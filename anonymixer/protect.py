@@ -71,7 +71,7 @@ def build_attribute_loss(config: ProtectConfig, model: Bundle) -> AttributeLoss:
 
         assert config.farl_checkpoint is not None
         return FaRLTokenLoss.from_checkpoint(config.farl_checkpoint, device=model.w_avg.device)
-    return E4EFeatureLoss(model.encoder.encoder)
+    return E4EFeatureLoss(model.require_encoder("the e4e attribute loss").encoder)
 
 
 @dataclass
@@ -85,8 +85,12 @@ class Stages:
 
 
 def torch_stages(model: Bundle) -> Stages:
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        inverter = model.require_encoder("inverting a face")
+        return inverter(resize(x, inverter.encoder.input_size))
+
     return Stages(
-        encode=lambda x: model.encoder(resize(x, model.encoder.encoder.input_size)),
+        encode=encode,
         mapping=model.generator.mapping,
         render=model.generator.synthesis,
         embed=model.face_embedder,

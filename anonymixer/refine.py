@@ -20,7 +20,7 @@ from torch import nn
 from anonymixer.config import ProtectConfig
 from anonymixer.losses import AttributeLoss, anonymity_loss, fr_crop, group_consistency_loss
 from anonymixer.mixing import Mix
-from anonymixer.networks.stylegan2 import Generator
+from anonymixer.networks import AnyGenerator
 
 # Called after every step with (step index, per-item cos(e(y), e(x))); returning False stops early.
 StepCallback = Callable[[int, torch.Tensor], bool | None]
@@ -75,7 +75,7 @@ def step_losses(
     e_x: torch.Tensor,
     targets: list[torch.Tensor],
     groups: torch.Tensor,
-    generator: Generator,
+    generator: AnyGenerator,
     face_embedder: nn.Module,
     attribute_loss: AttributeLoss,
     config: ProtectConfig,
@@ -108,7 +108,7 @@ def refine_latents(
     x: torch.Tensor,
     groups: torch.Tensor,
     *,
-    generator: Generator,
+    generator: AnyGenerator,
     face_embedder: nn.Module,
     attribute_loss: AttributeLoss,
     config: ProtectConfig,

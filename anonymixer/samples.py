@@ -1,5 +1,6 @@
 """Sample photos for the demo: the built-in portrait and pictures from files or folders, and their
-faces aligned the way the service aligns them (MTCNN landmarks → the e4e 256 template)."""
+faces aligned the way the service aligns them (MTCNN landmarks → the e4e 256 template); and faces
+drawn by a bundle's generator from seeded z (what its weights can render)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from anonymixer.bundle import Bundle
 from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import open_rgb
+from anonymixer.networks.stylegan2 import truncate
 from anonymixer.scene import align_face
+from anonymixer.seeded_init import seeded_draw
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -43,3 +48,13 @@ def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256) -> 
     if not len(rows):
         return None
     return align_face(torch.tensor(photo).permute(2, 0, 1).float(), largest_face(rows), size)[0]
+
+
+@torch.no_grad()
+def generated_faces(model: Bundle, count: int, *, psi: float = 0.7, seed: int = 0) -> torch.Tensor:
+    """``count`` faces [count, 3, R, R] in [-1, 1] from portable seeded z, truncated by ``psi`` toward w_avg."""
+    z = torch.from_numpy(seeded_draw("generated_faces.z", seed, (count, model.style_dim))).float()
+    w = truncate(model.generator.mapping(z.to(model.w_avg.device)), model.w_avg, psi)
+    # One at a time: a 1024 px render holds hundreds of MB of activations.
+    faces = [model.generator.synthesis(w[i : i + 1]).clamp(-1, 1) for i in tqdm(range(count), desc="faces")]
+    return torch.cat(faces)

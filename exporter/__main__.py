@@ -13,7 +13,18 @@ from exporter.download import DEFAULT_FILES, OFFICIAL_FILES, DownloadError, down
 
 
 def _bundle(args: argparse.Namespace) -> None:
-    if args.profile == "ffhq1024" and not args.random_weights:
+    if args.generator_ir and args.profile != "mobile1024":
+        raise SystemExit("--generator-ir is for --profile mobile1024")
+    if args.profile == "mobile1024":
+        if not args.fr or args.e4e or args.random_weights:
+            raise SystemExit(
+                "--profile mobile1024 takes --fr PATH (mobilefacenet.pt: python -m exporter download --dest DIR "
+                "mobilefacenet) and the generator of the random-face wheel (or --generator-ir DIR); "
+                "no --e4e, no --random-weights"
+            )
+        out = profiles.build_mobile1024(args.out, fr=args.fr, generator_ir=args.generator_ir, overwrite=args.force)
+        print(bundle.read_config(out)["notice"], file=sys.stderr)
+    elif args.profile == "ffhq1024" and not args.random_weights:
         if not args.e4e or not args.fr:
             raise SystemExit(
                 "--profile ffhq1024 needs --e4e PATH (e4e_ffhq_encode.pt) and --fr PATH (model_ir_se50.pth), "
@@ -26,6 +37,18 @@ def _bundle(args: argparse.Namespace) -> None:
         model = profiles.random_bundle(args.profile, seed=args.seed, fr=args.fr)
         out = bundle.save(model, args.out, overwrite=args.force)
     print(f"bundle written to {out}")
+
+
+def _faces(args: argparse.Namespace) -> None:
+    from anonymixer.images import save_grid
+    from anonymixer.samples import generated_faces
+
+    model = bundle.load(args.bundle)
+    if model.notice:
+        print(model.notice, file=sys.stderr)
+    faces = generated_faces(model, args.count, psi=args.psi, seed=args.seed)
+    columns = [faces[i : i + args.rows] for i in range(0, args.count, args.rows)]
+    print(f"{args.count} faces (ψ {args.psi}, seed {args.seed}) in {save_grid(columns, args.out)}")
 
 
 def _onnx(args: argparse.Namespace) -> None:
@@ -100,10 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--e4e", help="e4e_ffhq_encode.pt (ffhq1024)")
     b.add_argument("--fr", help="face recognition checkpoint: model_ir_se50.pth or mobilefacenet.pt")
+    b.add_argument(
+        "--generator-ir",
+        help="mobile1024: folder with MappingNetwork.{xml,bin} and SynthesisNetwork.{xml,bin} "
+        "(default: the installed random-face wheel's)",
+    )
     b.add_argument("--random-weights", action="store_true", help="ffhq1024 shapes with seeded random weights")
     b.add_argument("--seed", type=int, default=0, help="seed of random weights (tiny, --random-weights; default 0)")
     b.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     b.set_defaults(run=_bundle)
+
+    f = sub.add_parser("faces", help="a grid of faces the bundle's generator draws from seeded z")
+    f.add_argument("--bundle", required=True)
+    f.add_argument("--out", required=True, help="picture file (.png, .jpg)")
+    f.add_argument("--count", type=int, default=8, help="faces (default 8)")
+    f.add_argument("--rows", type=int, default=2, help="rows of the grid (default 2)")
+    f.add_argument("--psi", type=float, default=0.7, help="truncation ψ (default 0.7, the key latents')")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(run=_faces)
 
     o = sub.add_parser("onnx", help="export the bundle's networks to ONNX (opset 17, dynamic batch)")
     o.add_argument("--bundle", required=True)

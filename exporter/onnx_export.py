@@ -1,4 +1,4 @@
-"""Bundle → the four ONNX models of the wire contract (DESIGN §4), with a dynamic batch axis.
+"""Bundle → the ONNX models of the wire contract (DESIGN §4), with a dynamic batch axis.
 
 | model                 | input                              | output                                 |
 | --------------------- | ---------------------------------- | -------------------------------------- |
@@ -7,9 +7,11 @@
 | stylegan2_synthesis   | w_plus [B, n_latent, style_dim]    | image  [B, 3, R, R] (raw, not clamped) |
 | face_embedder         | face   [B, 3, 112, 112] in [-1, 1] | embedding [B, D], L2-normalised        |
 
-Each graph holds its network's own pre-processing: ``e4e_encoder`` resizes the 256 px aligned face
-to the encoder's input size (a no-op for ffhq1024) and adds ``latent_avg``; MobileFaceNet's
-ImageNet normalisation is inside its module. Exported with the TorchScript exporter
+A bundle without an encoder (``mobile1024``) exports the other three; the generator models keep
+their contract names whichever generator the bundle holds (StyleGAN2 or MobileStyleGAN, whose
+``w_plus`` has 23 rows). Each graph holds its network's own pre-processing: ``e4e_encoder``
+resizes the 256 px aligned face to the encoder's input size (a no-op for ffhq1024) and adds
+``latent_avg``; MobileFaceNet's ImageNet normalisation is inside its module. Exported with the TorchScript exporter
 (``dynamo=False``: no onnxscript dependency), opset 17, then checked with ``onnx.checker``
 (full check, with shape inference) after onnxsim has folded the traced shape arithmetic.
 """
@@ -39,7 +41,7 @@ MODELS = ("e4e_encoder", "stylegan2_mapping", "stylegan2_synthesis", "face_embed
 class _Encode(nn.Module):
     def __init__(self, model: Bundle) -> None:
         super().__init__()
-        self.inverter = model.encoder
+        self.inverter = model.require_encoder("the e4e_encoder model")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.inverter(resize(image, self.inverter.encoder.input_size))
@@ -92,14 +94,20 @@ def signatures(model: Bundle) -> dict[str, Signature]:
     }
 
 
+def exported_models(model: Bundle) -> tuple[str, ...]:
+    """The contract models this bundle has networks for."""
+    return tuple(name for name in MODELS if name != "e4e_encoder" or model.encoder is not None)
+
+
 def torch_modules(model: Bundle) -> dict[str, nn.Module]:
     """The exact functions the ONNX graphs compute, as PyTorch modules (for parity checks)."""
-    return {
-        "e4e_encoder": _Encode(model).eval(),
-        "stylegan2_mapping": _Mapping(model).eval(),
-        "stylegan2_synthesis": _Synthesis(model).eval(),
-        "face_embedder": _Embed(model).eval(),
+    wrappers: dict[str, type[nn.Module]] = {
+        "e4e_encoder": _Encode,
+        "stylegan2_mapping": _Mapping,
+        "stylegan2_synthesis": _Synthesis,
+        "face_embedder": _Embed,
     }
+    return {name: wrappers[name](model).eval() for name in exported_models(model)}
 
 
 def sample_input(sig: Signature, batch: int, seed: int = 0) -> np.ndarray:
@@ -146,14 +154,15 @@ def export_model(module: nn.Module, sig: Signature, path: Path, *, simplify: boo
 
 
 def export_all(
-    model: Bundle, out_dir: str | Path, *, only: tuple[str, ...] = MODELS, simplify: bool = True
+    model: Bundle, out_dir: str | Path, *, only: tuple[str, ...] | None = None, simplify: bool = True
 ) -> dict[str, dict]:
-    """Write ``<name>.onnx`` for each model and ``onnx_manifest.json``; returns per-model facts."""
+    """Write ``<name>.onnx`` for each model (default: all the bundle has) and ``onnx_manifest.json``;
+    returns per-model facts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sigs, modules = signatures(model), torch_modules(model)
     facts = {}
-    for name in only:
+    for name in only or exported_models(model):
         path = out / f"{name}.onnx"
         start = time.perf_counter()
         export_model(modules[name], sigs[name], path, simplify=simplify)

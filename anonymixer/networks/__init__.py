@@ -14,12 +14,21 @@ from torch import nn
 from anonymixer.networks.e4e import E4EInverter, Encoder4Editing
 from anonymixer.networks.ir_se import IRSEBackbone
 from anonymixer.networks.mobilefacenet import MobileFaceNet
+from anonymixer.networks.mobilestylegan import MobileStyleGAN
 from anonymixer.networks.stylegan2 import Generator
 
 FACE_EMBEDDERS = ("ir_se", "mobilefacenet")
+GENERATORS = ("stylegan2", "mobilestylegan")
+# What the rest of the code needs of a generator: mapping(z), synthesis(W+), n_latent, style_dim, size.
+AnyGenerator = Generator | MobileStyleGAN
 
 
-def build_generator(arch: dict[str, Any]) -> Generator:
+def build_generator(arch: dict[str, Any]) -> AnyGenerator:
+    network = arch.get("network", "stylegan2")  # bundles written before MobileStyleGAN name no network
+    if network == "mobilestylegan":
+        return MobileStyleGAN(style_dim=arch["style_dim"], n_mlp=arch["n_mlp"], channels=arch["channels"])
+    if network != "stylegan2":
+        raise ValueError(f"unknown generator {network!r}; expected one of {GENERATORS}")
     return Generator(
         size=arch["size"],
         style_dim=arch["style_dim"],
@@ -50,11 +59,14 @@ def build_face_embedder(arch: dict[str, Any]) -> nn.Module:
 
 __all__ = [
     "FACE_EMBEDDERS",
+    "GENERATORS",
+    "AnyGenerator",
     "E4EInverter",
     "Encoder4Editing",
     "Generator",
     "IRSEBackbone",
     "MobileFaceNet",
+    "MobileStyleGAN",
     "build_encoder",
     "build_face_embedder",
     "build_generator",
