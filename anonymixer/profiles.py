@@ -61,6 +61,9 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+RANDOM_PROFILES = tuple(ARCHITECTURES)  # the profiles random_bundle can build (mobile1024 has only real weights)
+
+
 def random_bundle(profile: str = "tiny", *, seed: int = 0, fr: str | Path | None = None) -> bundle.Bundle:
     """An in-memory bundle of seeded random weights; ``fr`` swaps in a real face embedder checkpoint."""
     arch = ARCHITECTURES[profile]

@@ -252,12 +252,14 @@ def start_repository(profile: str, gpu: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from anonymixer.profiles import PROFILES
+    from anonymixer.profiles import RANDOM_PROFILES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="127.0.0.1:8001")
     parser.add_argument("--start", action="store_true", help="start the embedded server on loopback for the run")
-    parser.add_argument("--profile", choices=PROFILES, default="tiny", help="what --start serves (random weights)")
+    parser.add_argument(
+        "--profile", choices=RANDOM_PROFILES, default="tiny", help="what --start serves (random weights)"
+    )
     parser.add_argument("--gpu", action="store_true", help="--start with the models on GPU 0")
     parser.add_argument("--model", default="anonymixer")
     levels = parser.add_mutually_exclusive_group()

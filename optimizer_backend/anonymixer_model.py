@@ -11,6 +11,10 @@ in-process torch: the ``*_via`` parameters); the refinement runs in torch on thi
 device. A request cancelled by its client is answered CANCELLED; the loop stops early once every
 request of the batch is cancelled. Keys are never logged.
 
+A bundle the core cannot protect with (``mobile1024`` has no encoder, and inversion by
+optimisation is not implemented yet) still loads: every request is answered UNSUPPORTED with the
+reason, while the bundle's network models serve as usual.
+
 Parameters (``config.pbtxt``, all strings): ``bundle`` (folder in the version folder, default
 ``bundle``), ``algorithm`` (JSON object of ProtectConfig overrides), ``encode_via``, ``mapping_via``,
 ``render_via``, ``embed_via`` (``bls`` | ``torch``, default ``bls``), ``network_max_batch``
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 
 from anonymixer import bundle
+from anonymixer.bundle import BundleError
 from anonymixer.config import ProtectConfig
 from anonymixer.protect import Protector
 from optimizer_backend.bls import STAGE_MODELS, build_stages
@@ -65,16 +70,26 @@ class TritonPythonModel:
         protect_config = ProtectConfig.from_dict(overrides)
         via = {stage: params.get(f"{stage}_via", "bls") for stage in STAGE_MODELS}
         stages = build_stages(model, via, int(params.get("network_max_batch", "16")))
-        self.protector = Protector(model, protect_config, salt=read_salt(params), stages=stages)
         self.max_pixels = int(params.get("max_image_pixels", str(DEFAULT_MAX_PIXELS)))
         self.metrics = ModelMetrics(args["model_name"])
         self.name = args["model_name"]
+        if model.notice:
+            pb_utils.Logger.log_info(f"{self.name}: {model.notice}")
+        self.unsupported: str | None = None
+        try:
+            self.protector = Protector(model, protect_config, salt=read_salt(params), stages=stages)
+        except BundleError as exc:
+            self.unsupported = f"{self.name} cannot protect faces with this server's bundle: {exc}"
+            pb_utils.Logger.log_warn(self.unsupported)
+            return
         pb_utils.Logger.log_info(
             f"{self.name}: {model.config['profile']} bundle on {self.device}, stages {via}, "
             f"steps {protect_config.steps}, views {protect_config.views}"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.unsupported is not None:
+            return [self._error(self.unsupported, "unsupported", pb_utils.TritonError.UNSUPPORTED) for _ in requests]
         start = time.perf_counter()
         responses: list[Any] = [None] * len(requests)
         parsed: dict[int, list[Item]] = {}

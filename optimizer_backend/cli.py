@@ -1,7 +1,7 @@
 """``anonymixer``: run the service (``serve``) or the end-to-end demo (``demo``) on the embedded Triton.
 
-    anonymixer serve [--repository DIR | --profile tiny|ffhq1024 [--weights DIR]] [--gpu]
-                     [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002]
+    anonymixer serve [--repository DIR | --profile tiny|ffhq1024|mobile1024 [--weights DIR] [--generator-ir DIR]]
+                     [--gpu] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002]
     anonymixer demo  [--profile tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…] [--keys K1 K2]
                      [--out out/demo]
 
@@ -40,12 +40,14 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def prepare_bundle(profile: str, weights: str | None, cache: Path = CACHE) -> Path:
+def prepare_bundle(profile: str, weights: str | None, cache: Path = CACHE, *, generator_ir: str | None = None) -> Path:
     if profile == "tiny":
         out = cache / "bundles" / "tiny-seed0"
         if not (out / bundle.MANIFEST).exists():
             profiles.build_tiny(out, overwrite=True)
         return out
+    if profile == "mobile1024":
+        return _mobile1024_bundle(weights, generator_ir, cache)
     if not weights:
         raise SystemExit(
             "--profile ffhq1024 needs --weights DIR holding e4e_ffhq_encode.pt and model_ir_se50.pth "
@@ -62,6 +64,37 @@ def prepare_bundle(profile: str, weights: str | None, cache: Path = CACHE) -> Pa
         print(f"building the ffhq1024 bundle in {out} …", file=sys.stderr)
         profiles.build_ffhq1024(out, e4e=e4e, fr=fr, overwrite=True)
     return out
+
+
+def _mobile1024_bundle(weights: str | None, generator_ir: str | None, cache: Path) -> Path:
+    from anonymixer.checkpoints import file_sha256
+    from anonymixer.mobilestylegan_ir import locate_ir, verify_ir
+
+    if not weights:
+        raise SystemExit(
+            "--profile mobile1024 needs --weights DIR holding mobilefacenet.pt "
+            "(python -m exporter download --dest DIR mobilefacenet)"
+        )
+    fr = Path(weights) / "mobilefacenet.pt"
+    if not fr.is_file():
+        raise SystemExit(f"{fr}: missing (python -m exporter download --dest {weights} mobilefacenet)")
+    try:
+        ir_hashes = verify_ir(locate_ir(generator_ir))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    out = cache / "bundles" / f"mobile1024-{_digest(file_sha256(fr), *ir_hashes.values())}"
+    if not (out / bundle.MANIFEST).exists():
+        print(f"building the mobile1024 bundle in {out} …", file=sys.stderr)
+        profiles.build_mobile1024(out, fr=fr, generator_ir=generator_ir, overwrite=True)
+    return out
+
+
+def print_notice(repository: Path) -> None:
+    """The terms of the served bundle's weights, where they restrict use: once per start."""
+    manifest = repository / "repository.json"
+    notice = json.loads(manifest.read_text())["bundle"].get("notice") if manifest.is_file() else None
+    if notice:
+        print(f"NOTE: {notice}", file=sys.stderr)
 
 
 def prepare_repository(bundle_dir: Path, *, gpu: bool, algorithm: str = "{}", cache: Path = CACHE) -> Path:
@@ -82,12 +115,14 @@ def prepare_repository(bundle_dir: Path, *, gpu: bool, algorithm: str = "{}", ca
 def _repository(args: argparse.Namespace) -> Path:
     if getattr(args, "repository", None):
         return Path(args.repository)
-    return prepare_repository(prepare_bundle(args.profile, args.weights), gpu=args.gpu)
+    return prepare_repository(prepare_bundle(args.profile, args.weights, generator_ir=args.generator_ir), gpu=args.gpu)
 
 
 def serve(args: argparse.Namespace) -> int:
+    repository = _repository(args)
+    print_notice(repository)
     server = EmbeddedTritonServer(
-        _repository(args),
+        repository,
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
@@ -151,8 +186,15 @@ def scene_over_grpc(url: str, photo: bytes, key: bytes, steps: int | None, timeo
 
 def demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    bundle_dir = prepare_bundle(args.profile, args.weights)
+    bundle_dir = prepare_bundle(args.profile, args.weights, generator_ir=args.generator_ir)
+    if bundle.read_config(bundle_dir).get("encoder") is None:
+        raise SystemExit(
+            f"anonymixer demo --profile {args.profile}: this bundle has no encoder, and inverting faces by "
+            "optimisation is not implemented yet, so it cannot protect faces; `python -m exporter faces --bundle "
+            f"{bundle_dir} --out faces.png` shows what its generator draws"
+        )
     repository = prepare_repository(bundle_dir, gpu=args.gpu)
+    print_notice(repository)
     photos = builtin_photos() + photos_from(args.faces, args.limit)
     detector = FaceDetector()
     faces = []
@@ -261,7 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("serve", "start the embedded Triton server"), ("demo", "protect sample faces end to end")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--profile", choices=profiles.PROFILES, default="tiny")
-        p.add_argument("--weights", help="folder with the official files (ffhq1024)")
+        p.add_argument(
+            "--weights",
+            help="folder with the downloaded files: ffhq1024's official ones, mobile1024's mobilefacenet.pt",
+        )
+        p.add_argument(
+            "--generator-ir",
+            help="mobile1024: folder with the MobileStyleGAN IR files (default: the random-face wheel)",
+        )
         p.add_argument("--gpu", action="store_true", help="run the models on GPU 0 (KIND_GPU instances)")
     s = sub.choices["serve"]
     s.add_argument("--repository", help="serve this repository instead of building one")

@@ -93,7 +93,7 @@ class TritonPythonModel:
             for item, faces in plan:
                 by_steps.setdefault(item.steps, []).extend((r, face) for face in to_protect(faces))
         protected: dict[int, np.ndarray] = {}
-        failed: set[int] = set()
+        failed: dict[int, str] = {}  # request → why its faces could not be protected
         start = time.perf_counter()
         for steps, group in by_steps.items():
             for first in range(0, len(group), self.protect_batch):
@@ -102,14 +102,16 @@ class TritonPythonModel:
                     images = self._protect([face for _, face in chunk], steps)
                 except BLSError as exc:
                     pb_utils.Logger.log_error(f"{self.name}: protection failed: {exc}")
-                    failed.update(r for r, _ in chunk)
+                    failed.update((r, str(exc)) for r, _ in chunk)
                     continue
                 protected.update((id(face), image) for (_, face), image in zip(chunk, images, strict=True))
         self.metrics.stage("protect", time.perf_counter() - start)
 
         for r, plan in plans.items():
             if r in failed:
-                responses[r] = self._error("face protection failed", "internal", pb_utils.TritonError.INTERNAL)
+                responses[r] = self._error(
+                    f"face protection failed: {failed[r]}", "internal", pb_utils.TritonError.INTERNAL
+                )
                 continue
             start = time.perf_counter()
             photos = [

@@ -26,6 +26,10 @@ fi
 "${PIP[@]}" -e ".[test,demo]" -e "./client[metrics]"   # the client installs on its own too
 # The MTCNN face detector's weights ship inside this wheel; its code and stale pins are not used.
 "${PIP[@]}" --no-deps "facenet-pytorch==2.6.0"
+# The mobile1024 generator (MobileStyleGAN-FFHQ, OpenVINO IR files) ships inside this wheel; only its
+# data files are read (anonymixer/mobilestylegan_ir.py pins their SHA-256). Its own code needs
+# openvino, gdown and jupyter, hence --no-deps.
+"${PIP[@]}" --no-deps "random-face==2021.7.21.1"
 
 # The embedded Triton server's Python-backend stub links the system libpython (DESIGN §3).
 PYV=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

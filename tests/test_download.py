@@ -13,6 +13,7 @@ import pytest
 
 from exporter.__main__ import main as exporter_main
 from exporter.download import OFFICIAL_FILES, DownloadError, download_file
+from tests.conftest import MOBILEFACENET, need
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -22,6 +23,7 @@ class FileServer:
     """Serves PAYLOAD under any name; can honour or ignore Range and drop a connection mid-body."""
 
     def __init__(self) -> None:
+        self.payload = PAYLOAD
         self.honour_range = True
         self.cut_after: int | None = None  # bytes sent before dropping the next response
         self.requests: list[str | None] = []  # the Range header of each request
@@ -35,11 +37,11 @@ class FileServer:
                 rng = self.headers.get("Range")
                 server.requests.append(rng)
                 start = int(rng.split("=")[1].rstrip("-")) if rng and server.honour_range else 0
-                if start >= len(PAYLOAD):
+                if start >= len(server.payload):
                     self.send_response(416)
                     self.end_headers()
                     return
-                body = PAYLOAD[start:]
+                body = server.payload[start:]
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -128,3 +130,14 @@ def test_cli_pins_hash_and_downloads(server: FileServer, tmp_path: Path, capsys:
     )
     assert bad == 1
     assert "does not match the pinned" in capsys.readouterr().err
+
+
+def test_mobilefacenet_pin_matches_the_real_file(
+    server: FileServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The mobile1024 FR network downloads with its pinned hash (served here from ../shared's copy)."""
+    server.payload = need(MOBILEFACENET).read_bytes()
+    assert exporter_main(["download", "--dest", str(tmp_path), "--mirror", server.url, "mobilefacenet"]) == 0
+    assert (tmp_path / "mobilefacenet.pt").read_bytes() == server.payload
+    assert len(server.payload) == OFFICIAL_FILES["mobilefacenet"].size
+    assert OFFICIAL_FILES["mobilefacenet"].sha256 in capsys.readouterr().err
