@@ -255,3 +255,13 @@ def test_mobile1024_served_and_anonymixer_says_why_it_cannot_protect(mobile_bund
         assert client.is_model_ready("anonymixer")  # still up, still answering
     log = server.log_file.read_text()
     assert "NVIDIA Source Code License-NC" in log  # the terms, once, in the server's log
+
+
+def test_flop_count_of_the_generators_benchmark(generator: MobileStyleGAN) -> None:
+    """benchmarks.generators counts MobileStyleGAN at ~10× fewer FLOPs than StyleGAN2 config-f's 151 GFLOP."""
+    from benchmarks.generators import generator_flops
+
+    counted = generator_flops(generator.requires_grad_(False), generator.n_latent)
+    assert 12 < counted["forward_gflop"] < 17  # 7.4 GMAC: depthwise-separable convs at every scale
+    # the backward to W+ alone (no weight gradients) costs as much as the forward again
+    assert counted["forward_backward_to_w_gflop"] == pytest.approx(2 * counted["forward_gflop"], rel=0.05)
