@@ -132,3 +132,25 @@ def test_a_killed_launcher_leaves_no_server_behind(tmp_path: Path, triton_reposi
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_mobile1024_commands_say_what_they_need(tmp_path: Path) -> None:
+    """serve without the FR weights names the download command; demo (no encoder yet) explains itself
+    before it builds a repository or starts a server."""
+    from tests.conftest import MOBILEFACENET, need
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "optimizer_backend.cli", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)  # its build/cache is tmp's
+
+    missing = run("serve", "--profile", "mobile1024")
+    assert missing.returncode != 0
+    assert "needs --weights DIR holding mobilefacenet.pt" in missing.stderr
+    assert "python -m exporter download --dest DIR mobilefacenet" in missing.stderr
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "mobilefacenet.pt").symlink_to(need(MOBILEFACENET))
+    demo = run("demo", "--profile", "mobile1024", "--weights", str(weights))
+    assert demo.returncode != 0
+    assert "this bundle has no encoder" in demo.stderr and "python -m exporter faces --bundle" in demo.stderr
+    assert not list(tmp_path.glob("build/cache/repositories/*"))
