@@ -376,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--keys must be ≥ 2 (revocability and unlinkability compare key sets)")
     if not args.bundle and not args.server:
         parser.error("give --bundle DIR or --server URL")
-    report = run(args)
+    try:
+        report = run(args)
+    except bundle_io.BundleError as exc:  # e.g. a bundle that cannot protect yet (mobile1024: no encoder)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/report.json, report.md, grid.png, det_*.png and unlinkability_*.png", file=sys.stderr)
     return 0 if report["matchers"] else 1
