@@ -260,7 +260,9 @@ class _SynthesisFiller:
             add = g.data_consumer(a, "Add")
             if {g.producer(add, 0).id, g.producer(add, 1).id} != {a.id, b.id}:
                 raise g.error(add, "the two bands of one column filter should be summed here")
-            halves.append(self._along(g.data_consumer(add, "GroupConvolutionBackpropData"), channels, False, taps))
+            halves.append(
+                self._along(g.data_consumer(add, "GroupConvolutionBackpropData"), channels, rows=False, taps=taps)
+            )
         total = g.data_consumer(halves[0], "Add")
         if {g.producer(total, 0).id, g.producer(total, 1).id} != {h.id for h in halves}:
             raise g.error(total, "the inverse transform should end by summing its two halves")

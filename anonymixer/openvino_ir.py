@@ -21,6 +21,13 @@ ELEMENT_TYPES = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": n
 FLOAT_PRECISIONS = ("FP32", "FP16")
 
 
+def _const_layout(data: dict[str, str]) -> tuple[type, int, int, tuple[int, ...]]:
+    """(numpy dtype, offset, size in bytes, shape) of a Const layer's ``<data>``; KeyError/ValueError if malformed."""
+    dtype = ELEMENT_TYPES[data["element_type"]]
+    shape = tuple(int(s) for s in data.get("shape", "").replace(" ", "").split(",") if s)
+    return dtype, int(data["offset"]), int(data["size"]), shape
+
+
 class IRError(ValueError):
     """An IR file that cannot be read, or whose graph is not the one a loader expects."""
 
@@ -105,12 +112,10 @@ class IRGraph:
 
     def _check_const(self, layer: Layer) -> None:
         d = layer.data
-        dtype = ELEMENT_TYPES.get(d.get("element_type", ""))
-        if dtype is None:
+        if d.get("element_type") not in ELEMENT_TYPES:
             raise IRError(f"{self.describe(layer)}: unsupported element_type {d.get('element_type')!r}")
         try:
-            offset, size = int(d["offset"]), int(d["size"])
-            shape = tuple(int(s) for s in d.get("shape", "").replace(" ", "").split(",") if s)
+            dtype, offset, size, shape = _const_layout(d)
         except (KeyError, ValueError) as exc:
             raise IRError(f"{self.describe(layer)}: malformed Const data {d}") from exc
         if size != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
@@ -169,10 +174,7 @@ class IRGraph:
     # -- constants --------------------------------------------------------------------------------
 
     def value(self, const: Layer) -> np.ndarray:
-        d = const.data
-        dtype = ELEMENT_TYPES[d["element_type"]]
-        offset, size = int(d["offset"]), int(d["size"])
-        shape = tuple(int(s) for s in d.get("shape", "").replace(" ", "").split(",") if s)
+        dtype, offset, size, shape = _const_layout(const.data)
         return np.frombuffer(self.blob, dtype=dtype, count=size // np.dtype(dtype).itemsize, offset=offset).reshape(
             shape
         )
