@@ -212,14 +212,16 @@ def measure(
     # the median run: a shared machine's hiccups land in one repeat, not in the figure
     trainable, seconds, _ = sorted(runs, key=lambda r: r[1])[len(runs) // 2]
     peak = max(r[2] for r in runs)
-    ms_step = 1000 * seconds / steps
+    # Rounded once, and everything derived from the recorded value (as the speed-ups are), so a
+    # record is consistent with itself: images/s from the unrounded time could differ in its last digit.
+    ms_step = round(1000 * seconds / steps, 2)
     floor_ms = flops / batch / H100_BF16_FLOPS * 1e3
     return {
         "variant": name,
         "batch": batch,
         "steps_timed": steps,
         "repeats": repeats,
-        "ms_per_step": round(ms_step, 2),
+        "ms_per_step": ms_step,
         "images_per_s_at_50_steps": round(batch / (FULL_STEPS * ms_step / 1000), 3),
         "peak_memory_mib": round(peak, 1),
         "first_call_s": round(first, 2),
