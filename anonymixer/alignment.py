@@ -12,10 +12,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# e4e/pSp input: the FFHQ alignment expressed as 5 points on a 256 px crop.
+# The released FaceAnonyMixer code's 5-point template on 256 px: eyes 109 px apart, ~1.7× tighter
+# than FFHQ's framing.
 E4E_TEMPLATE_256 = np.array(
     [[73.5318, 90.3065], [182.4682, 90.3065], [128.0, 152.9873], [85.5172, 202.5765], [170.4828, 202.5765]]
 )
+# FFHQ's framing as 5 points on 256 px: the mean MTCNN landmarks of 64 faces MobileStyleGAN-FFHQ
+# draws (benchmarks/results/2026-12-01-cpu-2core/framing_mobile1024.json, eyes 64.5 px apart),
+# made left-right symmetric about the eyes' midpoint. FFHQ generators reconstruct photos aligned
+# this way far better than with the e4e template (README, "Framing").
+FFHQ_TEMPLATE_256 = np.array([[96.2, 120.3], [160.7, 120.3], [128.5, 159.7], [97.9, 186.8], [159.2, 186.8]])
+# A bundle's "framing" names the template its generator side is aligned to.
+FRAMINGS = {"e4e": E4E_TEMPLATE_256, "ffhq": FFHQ_TEMPLATE_256}
 # The standard ArcFace/InsightFace 112×112 template (face recognition on photos).
 ARCFACE_TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -34,6 +42,20 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     system = np.concatenate([np.stack([x, -y, ones, zeros], 1), np.stack([y, x, zeros, ones], 1)])
     (a, b, tx, ty), *_ = np.linalg.lstsq(system, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
     return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def framing_template(framing: str) -> np.ndarray:
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {sorted(FRAMINGS)}, got {framing!r}")
+    return FRAMINGS[framing]
+
+
+def reframe(framing: str, size: int = 256) -> np.ndarray:
+    """The transform from the e4e frame to ``framing``'s frame (both ``size`` px): what moves a
+    shape defined on e4e-aligned faces (the paste-back mask) onto faces aligned with ``framing``."""
+    return template_transform(
+        (np.asarray(E4E_TEMPLATE_256) + 0.5) * size / 256 - 0.5, framing_template(framing), size, 256
+    )
 
 
 def invert(matrix: np.ndarray) -> np.ndarray:

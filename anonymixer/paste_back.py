@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from anonymixer.alignment import apply, invert, map_pixels
+from anonymixer.alignment import apply, invert, map_pixels, reframe
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,15 @@ class FaceMask:
     center: tuple[float, float] = (128.0, 131.0)
     axes: tuple[float, float] = (101.0, 125.0)  # semi-axes (x, y)
     feather: float = 0.1  # soft-edge width, a fraction of the radius: alpha falls 1 → 0 over it
+
+    def reframed(self, framing: str) -> FaceMask:
+        """This mask (measured on e4e-framed faces) moved onto faces aligned with ``framing``: the
+        same part of the face, so the seam stays where it was measured. The two templates differ by
+        a scale and a shift (no rotation), which carry an axis-aligned ellipse to another."""
+        matrix = reframe(framing)
+        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        (cx, cy), *_ = apply(matrix, np.array([self.center]))
+        return FaceMask((float(cx), float(cy)), (self.axes[0] * scale, self.axes[1] * scale), self.feather)
 
     def alpha(self, u: np.ndarray, v: np.ndarray, aligned_size: int) -> np.ndarray:
         """Mask values at aligned-frame coordinates (u, v): 1 inside, 0 outside, smooth between."""

@@ -1,5 +1,5 @@
 """Sample photos for the demo: the built-in portrait and pictures from files or folders, and their
-faces aligned the way the service aligns them (MTCNN landmarks → the e4e 256 template); and faces
+faces aligned the way the service aligns them (MTCNN landmarks → the bundle's 256 px template); and faces
 drawn by a bundle's generator from seeded z (what its weights can render)."""
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ def photos_from(paths: list[str], limit: int) -> list[tuple[str, np.ndarray]]:
     return [(f.stem, np.asarray(open_rgb(f))) for f in files[:limit]]
 
 
-def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256) -> np.ndarray | None:
-    """The largest face of ``photo`` aligned to the e4e template (uint8 [size, size, 3]), or None."""
+def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256, framing: str = "e4e") -> np.ndarray | None:
+    """The largest face of ``photo`` aligned to ``framing``'s template (uint8 [size, size, 3]), or None."""
     rows = detector.detect(photo)
     if not len(rows):
         return None
-    return align_face(torch.tensor(photo).permute(2, 0, 1).float(), largest_face(rows), size)[0]
+    return align_face(torch.tensor(photo).permute(2, 0, 1).float(), largest_face(rows), size, framing)[0]
 
 
 @torch.no_grad()

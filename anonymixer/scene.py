@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anonymixer.alignment import E4E_TEMPLATE_256, align
+from anonymixer.alignment import FRAMINGS, align, framing_template
 from anonymixer.config import config_from_dict
 from anonymixer.keys import SecretKey
 from anonymixer.paste_back import FaceMask, blur_face, colour_shift, paste_face
@@ -43,10 +43,12 @@ class SceneConfig:
     # "per_face": face i (left to right) gets the key HMAC(key, "anonymixer/v1/scene-face/i"), so the
     # people of one photo get different synthetic identities; "shared": every face gets the key itself.
     face_keys: str = "per_face"
-    aligned_size: int = 256  # the e4e alignment (DESIGN §5)
+    aligned_size: int = 256  # the aligned frame's size (DESIGN §5)
+    # the template faces are aligned to (alignment.FRAMINGS); the repository sets the bundle's
+    framing: str = "e4e"
     detect_max_side: int = 1600  # photos go to the detector downscaled to this long side
     colour_match: bool = True
-    mask: FaceMask = field(default_factory=FaceMask)
+    mask: FaceMask = field(default_factory=FaceMask)  # given in the e4e frame; moved to ``framing``
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,6 +56,8 @@ class SceneConfig:
             problems.append(f"small_faces must be one of {SMALL_FACE_ACTIONS}")
         if self.face_keys not in FACE_KEY_MODES:
             problems.append(f"face_keys must be one of {FACE_KEY_MODES}")
+        if self.framing not in FRAMINGS:
+            problems.append(f"framing must be one of {sorted(FRAMINGS)}")
         if self.min_face < 1 or self.max_faces < 0 or self.aligned_size < 16:
             problems.append("min_face must be ≥ 1, max_faces ≥ 0, aligned_size ≥ 16")
         if problems:
@@ -62,6 +66,11 @@ class SceneConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SceneConfig:
         return config_from_dict(cls, values)
+
+    @property
+    def face_mask(self) -> FaceMask:
+        """The paste-back mask in this config's aligned frame."""
+        return self.mask.reframed(self.framing)
 
 
 @dataclass
@@ -83,10 +92,12 @@ def face_key(key: SecretKey, index: int) -> SecretKey:
     return SecretKey(hmac.new(key.reveal(), FACE_KEY_INFO + str(index).encode(), hashlib.sha256).digest())
 
 
-def align_face(image: torch.Tensor, detection: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A detected face of ``image`` (float [3, H, W], 0–255) aligned to the e4e template: uint8
-    [size, size, 3] and its photo → aligned transform."""
-    crop, matrix = align(image, detection[5:].reshape(5, 2), E4E_TEMPLATE_256, size, 256)
+def align_face(
+    image: torch.Tensor, detection: np.ndarray, size: int, framing: str = "e4e"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A detected face of ``image`` (float [3, H, W], 0–255) aligned to ``framing``'s template:
+    uint8 [size, size, 3] and its photo → aligned transform."""
+    crop, matrix = align(image, detection[5:].reshape(5, 2), framing_template(framing), size, 256)
     return crop.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(), matrix
 
 
@@ -102,7 +113,7 @@ def plan_faces(photo: np.ndarray, detections: np.ndarray, key: SecretKey, config
         if i not in chosen:
             faces.append(SceneFace(row, small_action))
             continue
-        aligned, matrix = align_face(image, row, config.aligned_size)
+        aligned, matrix = align_face(image, row, config.aligned_size, config.framing)
         index = sum(1 for j in chosen if j < i)
         own = face_key(key, index) if config.face_keys == "per_face" else key
         faces.append(SceneFace(row, "protected", matrix, aligned, own))
@@ -118,13 +129,13 @@ def compose(
 ) -> np.ndarray:
     """The photo with each protected face pasted back and each small face blurred (a new array)."""
     out = photo.copy()
-    chosen = to_protect(faces)
+    chosen, mask = to_protect(faces), config.face_mask
     if len(chosen) != len(protected):
         raise ValueError(f"{len(chosen)} faces to protect but {len(protected)} protected faces")
     for face, image in zip(chosen, protected, strict=True):
         assert face.matrix is not None and face.aligned is not None
-        shift = colour_shift(image, face.aligned, config.mask) if config.colour_match else None
-        paste_face(out, image, face.matrix, config.aligned_size, config.mask, shift)
+        shift = colour_shift(image, face.aligned, mask) if config.colour_match else None
+        paste_face(out, image, face.matrix, config.aligned_size, mask, shift)
     for face in faces:
         if face.action == "blurred":
             blur_face(out, face.detection)

@@ -153,8 +153,9 @@ def face_detector_config(options: RepositoryOptions) -> mc.ModelConfig:
     return config
 
 
-def scene_config(options: RepositoryOptions) -> mc.ModelConfig:
-    """The public ``anonymixer_scene`` model: photos in, photos with every face protected out."""
+def scene_config(options: RepositoryOptions, framing: str = "e4e") -> mc.ModelConfig:
+    """The public ``anonymixer_scene`` model: photos in, photos with every face protected out;
+    faces aligned with the bundle's ``framing`` unless ``options.scene`` says otherwise."""
     config = mc.ModelConfig(name="anonymixer_scene", backend="python", max_batch_size=options.scene_max_batch)
     for name, dtype, optional in (
         ("IMAGE", mc.TYPE_STRING, False),
@@ -169,9 +170,8 @@ def scene_config(options: RepositoryOptions) -> mc.ModelConfig:
     config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     algorithm = json.loads(options.algorithm)
-    json.loads(options.scene)
     params = {
-        "scene": options.scene,
+        "scene": json.dumps({"framing": framing, **json.loads(options.scene)}),
         "max_image_pixels": str(options.max_photo_pixels),
         "protect_max_batch": str(options.protect_max_batch),
         "max_steps": str(algorithm.get("max_steps", 500)),
@@ -237,7 +237,11 @@ def build_repository(
         models["anonymixer"] = folder
         for name, config, module in (
             ("face_detector", face_detector_config(options), "optimizer_backend.detector_model"),
-            ("anonymixer_scene", scene_config(options), "optimizer_backend.scene_model"),
+            (
+                "anonymixer_scene",
+                scene_config(options, manifest["bundle"].get("framing", "e4e")),
+                "optimizer_backend.scene_model",
+            ),
         ):
             folder = out / name
             if folder.exists():

@@ -131,3 +131,23 @@ def test_scene_config_from_json_objects() -> None:
         SceneConfig.from_dict({"mask": {"radius": 3}})
     with pytest.raises(ValueError, match="small_faces must be one of"):
         SceneConfig.from_dict({"small_faces": "pixelate"})
+
+
+def test_the_ffhq_framing_and_its_mask(photo: np.ndarray, detector: FaceDetector) -> None:
+    """Faces aligned with the FFHQ template land on it, and the paste-back mask moves with the
+    framing: it covers the same part of the face as on e4e-framed faces."""
+    from anonymixer.alignment import FFHQ_TEMPLATE_256, reframe
+
+    planned = plan_faces(photo, detector.detect(photo), SecretKey(b"k"), SceneConfig(framing="ffhq"))
+    for face in to_protect(planned):
+        landmarks = face.detection[5:].reshape(5, 2)
+        np.testing.assert_allclose(apply(face.matrix, landmarks), FFHQ_TEMPLATE_256, atol=8.0)
+    same = FaceMask().reframed("e4e")
+    assert same.center == pytest.approx(FaceMask().center) and same.axes == pytest.approx(FaceMask().axes)
+    np.testing.assert_allclose(apply(reframe("ffhq"), E4E_TEMPLATE_256), FFHQ_TEMPLATE_256, atol=4.0)
+    e4e, ffhq = FaceMask(), FaceMask().reframed("ffhq")
+    for point_e4e, point_ffhq in zip(E4E_TEMPLATE_256, apply(reframe("ffhq"), E4E_TEMPLATE_256), strict=True):
+        assert e4e.alpha(*point_e4e, 256) == pytest.approx(ffhq.alpha(*point_ffhq, 256), abs=1e-6)
+    assert ffhq.axes[0] < 0.65 * e4e.axes[0]  # eyes 64.5 px apart instead of 109
+    with pytest.raises(ValueError, match="framing must be one of"):
+        SceneConfig(framing="square")
