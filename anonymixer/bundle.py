@@ -81,6 +81,12 @@ class Bundle:
         return int(self.config["face_embedder"]["embedding_size"])
 
     @property
+    def framing(self) -> str:
+        """The template faces are aligned to for this generator (alignment.FRAMINGS); bundles
+        written before the choice was measured were served with the e4e template."""
+        return str(self.config.get("framing", "e4e"))
+
+    @property
     def notice(self) -> str | None:
         """The terms of use of the bundle's weights, where they restrict use (printed once at start-up)."""
         return self.config.get("notice")
@@ -94,7 +100,7 @@ class Bundle:
         if self.encoder is None:
             raise BundleError(
                 f"{purpose} needs an e4e encoder, and the {self.profile} bundle has none "
-                "(inverting faces by optimisation is not implemented yet)"
+                "(it inverts faces by optimisation: inversion 'optimize', attribute_loss 'fr_features')"
             )
         return self.encoder
 
@@ -123,6 +129,8 @@ def make(
     face_embedder_arch: dict[str, Any],
     sources: dict[str, Any],
     notice: str | None = None,
+    framing: str = "ffhq",
+    algorithm: dict[str, Any] | None = None,
 ) -> Bundle:
     """An in-memory bundle from its networks (what :func:`save` writes and :func:`load` returns)."""
     if tuple(latent_avg.shape) != (generator.n_latent, generator.style_dim):
@@ -139,6 +147,8 @@ def make(
         "encoder": encoder_arch,
         "face_embedder": face_embedder_arch,
         "sources": sources,
+        "framing": framing,
+        **({"algorithm": algorithm} if algorithm else {}),
         **({"notice": notice} if notice else {}),
     }
     return Bundle(

@@ -14,6 +14,7 @@ from anonymixer.losses import ATTRIBUTE_LOSSES
 from anonymixer.mixing import MIX_MODES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+INVERSIONS = ("auto", "encoder", "optimize")
 # torch.compile modes for the refinement step's forward (and so backward) pass; "reduce-overhead"
 # adds CUDA graphs. "off" runs eager.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -54,8 +55,15 @@ class ProtectConfig:
     consistency_weight: float = 10.0
     anonymity_margin: float = 0.0  # m in |cos(e(y), e(x)) − m|
     views: int = 5  # augmented views for a photo alone in its group (0–8); each costs one item
-    attribute_loss: str = "e4e"  # "e4e" (no extra weights) | "farl" (needs farl_checkpoint)
+    # "e4e" (the encoder's features) | "fr_features" (the FR network's early features; any bundle)
+    # | "farl" (needs farl_checkpoint)
+    attribute_loss: str = "e4e"
     farl_checkpoint: str | None = None
+    # "auto": the bundle's encoder when it has one, else "optimize" (Adam over W+ from w_avg)
+    inversion: str = "auto"
+    inversion_steps: int = 50
+    inversion_lr: float = 0.03
+    inversion_perceptual_weight: float = 1.0  # × the FR early-feature L1 beside pixel MSE + L1 at 256
     loss_resolution: int | None = None  # render the losses' images at this size (None: full)
     refine_batch: int = 0  # at most this many items per Adam batch, whole groups (0: auto, 24 on CPU)
     precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
@@ -66,6 +74,10 @@ class ProtectConfig:
         problems = []
         if self.mix_mode not in MIX_MODES:
             problems.append(f"mix_mode must be one of {MIX_MODES}")
+        if self.inversion not in INVERSIONS:
+            problems.append(f"inversion must be one of {INVERSIONS}")
+        if self.inversion_steps < 0 or self.inversion_lr <= 0 or self.inversion_perceptual_weight < 0:
+            problems.append("inversion_steps must be ≥ 0, inversion_lr > 0, inversion_perceptual_weight ≥ 0")
         if self.attribute_loss not in ATTRIBUTE_LOSSES:
             problems.append(f"attribute_loss must be one of {ATTRIBUTE_LOSSES}")
         if self.attribute_loss == "farl" and not self.farl_checkpoint:

@@ -92,4 +92,29 @@ class E4EFeatureLoss(nn.Module):
         return sum((f - t).abs().flatten(1).mean(dim=1) for f, t in zip(self._features(y), targets, strict=True))
 
 
-ATTRIBUTE_LOSSES = ("e4e", "farl")
+class FRFeatureLoss(nn.Module):
+    """Attribute loss from weights every bundle has: L1 over the FR network's early feature maps
+    on the face crop (shape, expression, texture) plus a pixel L1 of the whole frame at
+    ``pixel_size`` (colour, light, hair, background). ``feature_weight`` 0 leaves the pixel term.
+    The inversion by optimisation uses the same features as its perceptual term."""
+
+    def __init__(self, face_embedder: nn.Module, pixel_size: int = 64, feature_weight: float = 1.0) -> None:
+        super().__init__()
+        self.face_embedder = face_embedder
+        self.pixel_size = pixel_size
+        self.feature_weight = feature_weight
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.face_embedder.feature_maps(fr_crop(images)) if self.feature_weight else []
+        return [*maps, resize(images, self.pixel_size)]
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self._features(x)
+
+    def forward(self, y: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        *maps, pixels = ((f - t).abs().flatten(1).mean(dim=1) for f, t in zip(self._features(y), targets, strict=True))
+        return pixels + self.feature_weight * sum(maps, torch.zeros_like(pixels))
+
+
+ATTRIBUTE_LOSSES = ("e4e", "fr_features", "farl")

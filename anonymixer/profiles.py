@@ -61,6 +61,20 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# mobile1024's algorithm, each value chosen by a committed measurement on real photos (README,
+# "mobile1024: the measured choices"; benchmarks/results/2026-12-01-cpu-2core/). These are the
+# service's (GPU) defaults; the CPU demo lowers steps and views and prints what it uses.
+MOBILE1024_ALGORITHM: dict[str, Any] = {
+    "inversion": "optimize",
+    "inversion_steps": 50,  # inversion_mobile1024.json: the knee of identity (cos 0.72→0.90→0.96 at 25/50/100)
+    "identity_layers": [4, 13],  # identity_rows_mobile1024.json
+    "attribute_loss": "fr_features",  # identity_rows_mobile1024.json, attribute-loss rows
+    "lr": 0.005,
+    "steps": 20,
+    "views": 5,
+}
+MOBILE1024_FRAMING = "ffhq"  # inversion_mobile1024.json: FFHQ vs e4e framing
+
 RANDOM_PROFILES = tuple(ARCHITECTURES)  # the profiles random_bundle can build (mobile1024 has only real weights)
 
 
@@ -161,5 +175,7 @@ def build_mobile1024(
         face_embedder_arch=embedder_arch,
         sources={"generator": generator_source, "fr": fr_source, "w_avg": {"samples": W_AVG_SAMPLES, "seed": 0}},
         notice=NOTICE,
+        framing=MOBILE1024_FRAMING,
+        algorithm=MOBILE1024_ALGORITHM,
     )
     return bundle.save(model, out_dir, overwrite=overwrite)

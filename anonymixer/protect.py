@@ -3,9 +3,13 @@
     protector = Protector(bundle.load("build/bundles/tiny"))
     faces = protector.protect([aligned_rgb_uint8, ...], key=b"secret", groups=None, steps=None)
 
-Per call: validate → invert every face with e4e → derive each key's latent → mix → refine all
-items (and the augmented views of faces alone in their group) in one batch → render at full
-resolution → template = FR(crop(protected)), ORIGINAL_SIMILARITY = cos(template, FR(original)).
+Per call: validate → invert every distinct face (e4e, or by optimisation for a bundle without an
+encoder: :mod:`anonymixer.inversion`) → derive each key's latent → mix → refine all items (and
+the augmented views of faces alone in their group) in one batch → render at full resolution →
+template = FR(crop(protected)), ORIGINAL_SIMILARITY = cos(template, FR(original)).
+
+Identical images within one call are inverted once (a face protected under two keys, say): the
+inversion depends on the image alone, so sharing it changes no result.
 
 The gradient-free stages (encode, map, render, embed) are :class:`Stages` callables: the bundle's
 PyTorch modules by default; the Triton model swaps in calls to the exported models. The
@@ -15,6 +19,7 @@ refinement itself always runs the PyTorch modules (it needs their gradients).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +31,9 @@ from anonymixer.augment import augmented_views, view_params
 from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig
 from anonymixer.images import to_uint8
+from anonymixer.inversion import ReconstructionLoss, invert_latents
 from anonymixer.keys import SecretKey, key_latents
-from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, fr_crop, resize
+from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
 from anonymixer.mixing import mix_latents
 from anonymixer.refine import StepCallback, refine_latents, set_memory_format
 
@@ -71,14 +77,25 @@ def build_attribute_loss(config: ProtectConfig, model: Bundle) -> AttributeLoss:
 
         assert config.farl_checkpoint is not None
         return FaRLTokenLoss.from_checkpoint(config.farl_checkpoint, device=model.w_avg.device)
+    if config.attribute_loss == "fr_features":
+        return FRFeatureLoss(model.face_embedder)
     return E4EFeatureLoss(model.require_encoder("the e4e attribute loss").encoder)
+
+
+def resolve_inversion(config: ProtectConfig, model: Bundle) -> str:
+    """``encoder`` or ``optimize``: ``auto`` picks the encoder when the bundle has one."""
+    if config.inversion == "auto":
+        return "encoder" if model.encoder is not None else "optimize"
+    if config.inversion == "encoder":
+        model.require_encoder("inversion 'encoder'")
+    return config.inversion
 
 
 @dataclass
 class Stages:
     """The gradient-free network calls, batch-first tensors on the Protector's device."""
 
-    encode: Callable[[torch.Tensor], torch.Tensor]  # aligned [B, 3, 256, 256] → W+ (latent_avg added)
+    encode: Callable[[torch.Tensor], torch.Tensor]  # aligned [B, 3, 256, 256] → W+ (latent_avg added); e4e only
     mapping: Callable[[torch.Tensor], torch.Tensor]  # z [B, d] → w [B, d]
     render: Callable[[torch.Tensor], torch.Tensor]  # W+ → image [B, 3, R, R]
     embed: Callable[[torch.Tensor], torch.Tensor]  # FR input [B, 3, 112, 112] → embedding [B, D]
@@ -100,9 +117,9 @@ def torch_stages(model: Bundle) -> Stages:
 class Protector:
     """Runs the whole algorithm on one device. Not thread-safe: one call at a time per instance.
 
-    After each :meth:`protect`, ``timings`` holds the seconds spent per stage (encode, map,
-    refine, render, embed) of that call and ``refined_items`` how many items it refined
-    (augmented views included).
+    After each :meth:`protect`, ``timings`` holds the seconds spent per stage (encode or invert,
+    map, refine, render, embed) of that call, ``refined_items`` how many items it refined
+    (augmented views included) and ``inverted_items`` how many distinct faces it inverted.
     """
 
     def __init__(
@@ -112,12 +129,13 @@ class Protector:
         self.config = config or ProtectConfig.from_dict(model.config.get("algorithm", {}))
         self.salt = salt
         self.device = model.w_avg.device
+        self.inversion = resolve_inversion(self.config, model)
         self.attribute_loss = build_attribute_loss(self.config, model)
         if self.config.channels_last:  # the refinement loop's layout (ProtectConfig.channels_last)
             set_memory_format(model.networks, channels_last=True)
         self.stages = stages or torch_stages(model)
         self.timings: dict[str, float] = {}
-        self.refined_items = 0
+        self.refined_items = self.inverted_items = 0
 
     def _keys(self, key: KeyLike | Sequence[KeyLike], n: int) -> list[SecretKey]:
         if isinstance(key, (SecretKey, bytes, bytearray, str)):
@@ -165,7 +183,9 @@ class Protector:
         groups: Sequence[int] | None = None,
         steps: int | None = None,
         on_step: StepCallback | None = None,
+        latents: torch.Tensor | None = None,
     ) -> list[ProtectedFace]:
+        """Protect aligned faces; ``latents`` [B, n_latent, d] (from :meth:`invert`) skips the inversion."""
         images = list(images)
         if not images:
             raise ValueError("no images given")
@@ -200,11 +220,11 @@ class Protector:
 
         model, stages = self.model, self.stages
         timer = _StageTimer(self.device)
-        with torch.no_grad():
-            with timer("encode"):
-                w_real = stages.encode(x).float()[index]
-            with timer("map"):
-                w_key = key_latents(keys, stages.mapping, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
+        if latents is not None and tuple(latents.shape) != (n, model.n_latent, model.style_dim):
+            raise ValueError(f"latents must be [{n}, {model.n_latent}, {model.style_dim}], got {list(latents.shape)}")
+        w_real = (self._invert(x, timer) if latents is None else latents.to(self.device).float())[index]
+        with torch.no_grad(), timer("map"):
+            w_key = key_latents(keys, stages.mapping, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
         mix = mix_latents(w_real, w_key[index], self.config.mix_mode, self.config.identity_layers)
         trainable = mix.trainable.clone()
         traces: list[list[float]] = [[] for _ in source]
@@ -248,6 +268,47 @@ class Protector:
             )
             for i in range(n)
         ]
+
+    def _invert(self, x: torch.Tensor, timer: _StageTimer) -> torch.Tensor:
+        """W+ [B, n_latent, d] of the aligned faces ``x``, each distinct face inverted once."""
+        digests = [hashlib.sha256(face.cpu().numpy().tobytes()).digest() for face in x]
+        first = {d: i for i, d in reversed(list(enumerate(digests)))}
+        distinct = sorted(first.values())
+        position = {i: k for k, i in enumerate(distinct)}
+        faces = x[distinct]
+        self.inverted_items = len(distinct)
+        if self.inversion == "encoder":
+            with timer("encode"), torch.no_grad():
+                w = self.stages.encode(faces).float()
+        else:
+            with timer("invert"):
+                loss = ReconstructionLoss(self.model.face_embedder, self.config.inversion_perceptual_weight)
+                w = torch.cat(
+                    [
+                        invert_latents(
+                            faces[chunk],
+                            generator=self.model.generator,
+                            latent_avg=self.model.latent_avg,
+                            loss=loss,
+                            steps=self.config.inversion_steps,
+                            lr=self.config.inversion_lr,
+                        ).w_plus
+                        for chunk in self._chunks(torch.arange(len(distinct), device=self.device))
+                    ]
+                )
+        return w[torch.tensor([position[first[d]] for d in digests], device=self.device)]
+
+    def invert(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """W+ [B, n_latent, d] of aligned faces (uint8 [H, W, 3]) as :meth:`protect` inverts them.
+        For the core's callers (evaluation, benchmarks, the demo's reconstructions): the service
+        never returns a face's latent."""
+        x = torch.stack([image_tensor(check_image(im, i), self.device) for i, im in enumerate(images)])
+        return self._invert(x, _StageTimer(self.device))
+
+    @torch.no_grad()
+    def render(self, w_plus: torch.Tensor) -> np.ndarray:
+        """uint8 [B, R, R, 3] renders of W+ (``render(invert(faces))``: the reconstructions)."""
+        return to_uint8(self.stages.render(w_plus).float())
 
     def _chunks(self, groups: torch.Tensor) -> list[torch.Tensor]:
         """Item indices per refinement batch: whole groups, at most ``refine_batch`` items each."""

@@ -11,9 +11,10 @@ in-process torch: the ``*_via`` parameters); the refinement runs in torch on thi
 device. A request cancelled by its client is answered CANCELLED; the loop stops early once every
 request of the batch is cancelled. Keys are never logged.
 
-A bundle the core cannot protect with (``mobile1024`` has no encoder, and inversion by
-optimisation is not implemented yet) still loads: every request is answered UNSUPPORTED with the
-reason, while the bundle's network models serve as usual.
+A bundle without an encoder (``mobile1024``) inverts each distinct face by optimisation in this
+instance's torch (the ``invert`` stage of the metrics). A bundle and settings the core cannot
+protect with (an ``e4e`` attribute loss without an encoder, say) still load: every request is
+answered UNSUPPORTED with the reason, while the bundle's network models serve as usual.
 
 Parameters (``config.pbtxt``, all strings): ``bundle`` (folder in the version folder, default
 ``bundle``), ``algorithm`` (JSON object of ProtectConfig overrides), ``encode_via``, ``mapping_via``,
@@ -84,7 +85,9 @@ class TritonPythonModel:
             return
         pb_utils.Logger.log_info(
             f"{self.name}: {model.config['profile']} bundle on {self.device}, stages {via}, "
-            f"steps {protect_config.steps}, views {protect_config.views}"
+            f"inversion {self.protector.inversion}"
+            + (f" ({protect_config.inversion_steps} steps)" if self.protector.inversion == "optimize" else "")
+            + f", steps {protect_config.steps}, views {protect_config.views}"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:

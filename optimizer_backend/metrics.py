@@ -11,7 +11,18 @@ try:  # only importable inside the Triton Python backend
 except ImportError:  # pragma: no cover
     pb_utils = None
 
-STAGES = ("decode", "encode", "map", "refine", "render", "embed", "detect", "protect", "compose")  # last 3: scene
+STAGES = (
+    "decode",
+    "encode",
+    "invert",
+    "map",
+    "refine",
+    "render",
+    "embed",
+    "detect",
+    "protect",
+    "compose",
+)  # last 3: scene
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 SIMILARITY_BUCKETS = [-0.5, -0.25, -0.1, -0.05, 0, 0.05, 0.1, 0.2, 0.3, 0.5, 1]

@@ -38,6 +38,30 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return profiles.build_tiny(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def mobile_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real mobile1024 bundle, built by the README's command (the random-face wheel's IR + ../shared's
+    MobileFaceNet)."""
+    import subprocess
+    import sys
+
+    from anonymixer.mobilestylegan_ir import locate_ir
+    from anonymixer.openvino_ir import IRError
+
+    try:
+        locate_ir()
+    except IRError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path_factory.mktemp("mobile") / "mobile1024"
+    command = [sys.executable, "-m", "exporter", "bundle", "--profile", "mobile1024"]
+    built = subprocess.run(
+        [*command, "--fr", str(need(MOBILEFACENET)), "--out", str(out)], cwd=REPO, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr
+    assert "NVIDIA Source Code License-NC" in built.stderr  # the terms are printed when it is built
+    return out
+
+
 TEST_ALGORITHM = '{"steps": 5, "views": 0}'  # fast refinements for the server tests
 
 

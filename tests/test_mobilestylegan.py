@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from anonymixer.mobilestylegan_ir import IR_SHA256, load_mobilestylegan, locate_
 from anonymixer.networks.mobilestylegan import MobileStyleGAN
 from anonymixer.openvino_ir import IRError
 from anonymixer.seeded_init import seeded_draw
-from tests.conftest import MOBILEFACENET, REPO, need
+from tests.conftest import need
 
 PARITY = 1e-4  # max |Δ| ≤ PARITY · max |reference|
 
@@ -152,18 +151,6 @@ def test_missing_files_say_where_to_get_them(tmp_path: Path) -> None:
         locate_ir(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def mobile_bundle_dir(ir_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mobile") / "mobile1024"
-    command = [sys.executable, "-m", "exporter", "bundle", "--profile", "mobile1024"]
-    built = subprocess.run(
-        [*command, "--fr", str(need(MOBILEFACENET)), "--out", str(out)], cwd=REPO, capture_output=True, text=True
-    )
-    assert built.returncode == 0, built.stderr
-    assert "NVIDIA Source Code License-NC" in built.stderr  # the terms are printed when it is built
-    return out
-
-
 def test_mobile1024_bundle(mobile_bundle_dir: Path, generator: MobileStyleGAN) -> None:
     config = json.loads((mobile_bundle_dir / "bundle.json").read_text())
     assert (config["profile"], config["resolution"], config["n_latent"], config["style_dim"]) == (
@@ -182,12 +169,16 @@ def test_mobile1024_bundle(mobile_bundle_dir: Path, generator: MobileStyleGAN) -
     torch.testing.assert_close(model.latent_avg, model.w_avg.expand(23, -1))
     for (name, ours), theirs in zip(model.generator.state_dict().items(), generator.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs), name
+    assert config["framing"] == "ffhq" and config["algorithm"]["inversion"] == "optimize"
+    assert config["algorithm"]["attribute_loss"] == "fr_features"
     with pytest.raises(BundleError, match="needs an e4e encoder, and the mobile1024 bundle has none"):
         model.require_encoder("inverting a face")
+    from anonymixer.config import ProtectConfig
     from anonymixer.protect import Protector
 
-    with pytest.raises(BundleError, match="mobile1024 bundle has none"):
-        Protector(model)
+    assert Protector(model).inversion == "optimize"
+    with pytest.raises(BundleError, match="the e4e attribute loss needs an e4e encoder"):
+        Protector(model, ProtectConfig(attribute_loss="e4e"))
 
 
 def test_mobile1024_onnx_parity(mobile_bundle_dir: Path, tmp_path: Path) -> None:
@@ -210,22 +201,23 @@ def test_mobile1024_onnx_parity(mobile_bundle_dir: Path, tmp_path: Path) -> None
         assert np.abs(got - ref).max() <= PARITY * np.abs(ref).max(), name
 
 
-def test_mobile1024_served_and_anonymixer_says_why_it_cannot_protect(mobile_bundle_dir: Path, tmp_path: Path) -> None:
-    """The embedded repository serves the real generator; the anonymixer model answers, clearly, that it
-    cannot protect with this bundle yet (no encoder), and so does scene mode."""
-    import io
-
+def test_mobile1024_served_protects_real_faces(mobile_bundle_dir: Path, tmp_path: Path) -> None:
+    """The embedded repository serves the real generator, and the anonymixer model protects a real
+    photo's face by inverting it through optimisation (a few steps here); scene mode goes through it."""
     import tritonclient.grpc as grpcclient
-    from PIL import Image
-    from tritonclient.utils import InferenceServerException
 
     from exporter.onnx_export import MODELS
+    from exporter.repository import read_config
     from optimizer_backend.server import EmbeddedTritonServer
     from tests.conftest import FACES, build_test_repository
 
-    repository = build_test_repository(mobile_bundle_dir, tmp_path / "repository")
+    fast = '{"steps": 1, "views": 0, "inversion_steps": 2}'
+    repository = build_test_repository(mobile_bundle_dir, tmp_path / "repository", "--algorithm", fast)
+    scene = read_config(repository / "anonymixer_scene" / "config.pbtxt").parameters["scene"].string_value
+    assert json.loads(scene)["framing"] == "ffhq"  # the bundle's framing reaches scene mode
     model = bundle.load(mobile_bundle_dir)
     w_plus = model.generator.mapping(torch.from_numpy(fixed_z(1, seed=11)))[:, None].repeat(1, 23, 1).numpy()
+    photo = need(FACES / "img1.jpg").read_bytes()
     with EmbeddedTritonServer(repository) as server, grpcclient.InferenceServerClient(server.grpc_url) as client:
         index = {m.name: m.state for m in client.get_model_repository_index().models}
         served = [m for m in MODELS if m != "e4e_encoder"]
@@ -237,24 +229,25 @@ def test_mobile1024_served_and_anonymixer_says_why_it_cannot_protect(mobile_bund
             ref = model.generator.synthesis(torch.from_numpy(w_plus)).numpy()
         assert np.abs(got - ref).max() <= PARITY * np.abs(ref).max()
 
-        png = io.BytesIO()
-        Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(png, format="PNG")
         inputs = []
-        for name, value in (("IMAGE", png.getvalue()), ("KEY", b"a key")):
+        for name, value in (("IMAGE", photo), ("KEY", b"a key")):
             item = grpcclient.InferInput(name, [1, 1], "BYTES")
             item.set_data_from_numpy(np.array([[value]], dtype=np.object_))
             inputs.append(item)
-        with pytest.raises(InferenceServerException) as info:
-            client.infer("anonymixer", inputs, client_timeout=60)
-        assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-        assert "cannot protect faces with this server's bundle" in info.value.message()
-        assert "mobile1024 bundle has none" in info.value.message()
-        inputs[0].set_data_from_numpy(np.array([[need(FACES / "img1.jpg").read_bytes()]], dtype=np.object_))
-        with pytest.raises(InferenceServerException, match="face protection failed: anonymixer: anonymixer cannot"):
-            client.infer("anonymixer_scene", inputs, client_timeout=120)
-        assert client.is_model_ready("anonymixer")  # still up, still answering
+        result = client.infer("anonymixer_scene", inputs, client_timeout=300)
+        assert [a.decode() for a in result.as_numpy("FACE_ACTIONS")[0]] == ["protected"]
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    invert = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("anonymixer_stage_seconds_count{")
+        and 'model="anonymixer"' in line
+        and 'stage="invert"' in line
+    ]
+    assert len(invert) == 1 and float(invert[0].split()[-1]) >= 1  # inverted by optimisation, in its metrics
     log = server.log_file.read_text()
     assert "NVIDIA Source Code License-NC" in log  # the terms, once, in the server's log
+    assert "inversion optimize (2 steps)" in log
 
 
 def test_flop_count_of_the_generators_benchmark(generator: MobileStyleGAN) -> None:

@@ -232,3 +232,30 @@ def test_refinement_in_chunks_equals_one_batch_and_keeps_groups_whole(tiny_bundl
     for a, b in zip(whole, chunked, strict=True):
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
         np.testing.assert_allclose(a.template, b.template, atol=2e-3)
+
+
+def test_inversion_by_optimisation_is_per_item_and_shared_by_identical_faces(tiny_bundle_dir: Path) -> None:
+    """inversion 'optimize' on the tiny bundle: an item's latent does not depend on its batch-mates,
+    a face given twice is inverted once, and ``latents`` skips the inversion with the same result."""
+    model = bundle.load(tiny_bundle_dir)
+    config = ProtectConfig(views=0, inversion="optimize", inversion_steps=6, attribute_loss="fr_features")
+    protector = Protector(model, config)
+    a, b = faces(2, seed=5)
+    together, alone = protector.invert([a, b]), protector.invert([a])
+    torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-4)
+    start = model.latent_avg[None]
+    assert (together - start).abs().amax() > 0 and not torch.equal(together[0], together[1])
+    results = protector.protect([a, b, a], [b"k1", b"k1", b"k2"], steps=2)
+    assert protector.inverted_items == 2 and protector.refined_items == 3 and "invert" in protector.timings
+    again = protector.protect([a, b, a], [b"k1", b"k1", b"k2"], steps=2, latents=together[[0, 1, 0]])
+    assert digest(results) == digest(again)
+    with pytest.raises(ValueError, match=r"latents must be \[3, 10, 64\]"):
+        protector.protect([a, b, a], b"k", latents=together)
+
+
+def test_inversion_settings_are_checked(tiny_bundle_dir: Path) -> None:
+    with pytest.raises(ValueError, match="inversion must be one of"):
+        ProtectConfig(inversion="e4e")
+    with pytest.raises(ValueError, match="inversion_steps must be ≥ 0"):
+        ProtectConfig(inversion_steps=-1)
+    assert Protector(bundle.load(tiny_bundle_dir), ProtectConfig()).inversion == "encoder"  # auto: it has one

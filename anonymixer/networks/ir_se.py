@@ -119,6 +119,7 @@ class IRSEBackbone(nn.Module):
         self.embedding_size = embedding_size
         self.input_layer = input_layer(widths[0])
         self.body = ir_se_body(unit_specs(units, widths))
+        self.first_stage_units = units[0]
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(widths[-1]),
             nn.Dropout(drop_ratio),
@@ -129,6 +130,12 @@ class IRSEBackbone(nn.Module):
 
     def embed_unnormalised(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_layer(self.body(self.input_layer(x)))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The early maps a perceptual loss compares: the stem (full input size) and the first
+        stage (1/2) — edges, texture and shape, before identity dominates."""
+        x = self.input_layer(x)
+        return [x, self.body[: self.first_stage_units](x)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.embed_unnormalised(x)

@@ -100,6 +100,7 @@ class MobileFaceNet(nn.Module):
                 blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t))
                 in_ch = c
         self.features = nn.Sequential(*blocks)
+        self.first_stage_blocks = setting[0][2]
         self.conv2 = ConvBNReLU(in_ch, 512, kernel_size=1)
         self.gdconv = GDConv(512, 7)
         self.conv3 = nn.Conv2d(512, embedding_size, 1)
@@ -110,6 +111,12 @@ class MobileFaceNet(nn.Module):
         x = self.dw_conv(self.conv1(x))
         x = self.gdconv(self.conv2(self.features(x)))
         return self.bn(self.conv3(x)).flatten(1)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The early maps a perceptual loss compares: after the stem (1/2 of the input) and after
+        the first bottleneck stage (1/4) — edges, texture and shape, before identity dominates."""
+        x = self.dw_conv(self.conv1(((x + 1) * 0.5 - self.mean) / self.std))
+        return [x, self.features[: self.first_stage_blocks](x)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.embed_unnormalised(x)
