@@ -123,7 +123,9 @@ def load_matchers(specs: list[str], model: bundle_io.Bundle | None) -> dict[str,
     return matchers
 
 
-def load_photos(data: Path, identities: Path, limit_people: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+def load_photos(
+    data: Path, identities: Path, limit_people: int | None, framing: str
+) -> tuple[list[dict[str, Any]], list[str]]:
     rows = list(csv.DictReader(identities.open()))
     people = sorted({r["identity"] for r in rows})[:limit_people]
     detector = FaceDetector()
@@ -138,7 +140,12 @@ def load_photos(data: Path, identities: Path, limit_people: int | None) -> tuple
         image = torch.tensor(photo).permute(2, 0, 1).float()
         fr_face = arcface_crop(image / 127.5 - 1, face[5:])
         photos.append(
-            {"file": row["file"], "person": row["identity"], "aligned": align_face(image, face, 256)[0], "fr": fr_face}
+            {
+                "file": row["file"],
+                "person": row["identity"],
+                "aligned": align_face(image, face, 256, framing)[0],
+                "fr": fr_face,
+            }
         )
     return photos, skipped
 
@@ -193,7 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model = bundle_io.load(args.bundle) if args.bundle else None
     matchers = load_matchers(args.matchers, model)
-    photos, skipped = load_photos(Path(args.data), Path(args.identities), args.limit_people)
+    framing = args.framing or (model.framing if model else "ffhq")
+    photos, skipped = load_photos(Path(args.data), Path(args.identities), args.limit_people, framing)
     people = [p["person"] for p in photos]
     protect = make_protect(args, model)
     secret = secrets.token_bytes(32)
@@ -363,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder of photos")
     parser.add_argument("--identities", required=True, help="CSV with columns file, identity")
     parser.add_argument("--bundle", help="protect in-process with this bundle (and run the attacks)")
+    parser.add_argument(
+        "--framing", choices=("ffhq", "e4e"), help="face alignment (default: the bundle's; ffhq with --server)"
+    )
     parser.add_argument("--server", help="protect through the service at this gRPC address instead")
     parser.add_argument("--matchers", nargs="*", default=[], help="NAME=WEIGHTS (IR-SE or MobileFaceNet checkpoint)")
     parser.add_argument("--keys", type=int, default=2, help="key sets (≥ 2; default 2)")

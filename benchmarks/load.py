@@ -61,7 +61,7 @@ def sample_face() -> bytes:
     from optimizer_backend.decode import encode_png
 
     (_, photo), *_ = builtin_photos()
-    face = aligned_face(photo, FaceDetector())
+    face = aligned_face(photo, FaceDetector(), framing="ffhq")  # new bundles' framing
     assert face is not None
     return encode_png(face)
 

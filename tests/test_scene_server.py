@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from anonymixer.alignment import E4E_TEMPLATE_256, map_pixels, template_transform
+from anonymixer.alignment import FFHQ_TEMPLATE_256, map_pixels, template_transform
 from anonymixer.face_detection import FaceDetector
 from anonymixer.images import open_rgb
 from anonymixer.paste_back import FaceMask
@@ -42,8 +42,9 @@ def portrait() -> np.ndarray:
 def outside_masks(shape: tuple[int, ...], landmarks: list[np.ndarray]) -> np.ndarray:
     outside = np.ones(shape[:2], bool)
     for marks in landmarks:
-        uv = map_pixels(template_transform(marks, E4E_TEMPLATE_256, 256, 256), 0, 0, shape[1], shape[0])
-        outside &= FaceMask().alpha(uv[..., 0], uv[..., 1], 256) == 0
+        # the tiny bundle's framing (ffhq), and the mask carried to it
+        uv = map_pixels(template_transform(marks, FFHQ_TEMPLATE_256, 256, 256), 0, 0, shape[1], shape[0])
+        outside &= FaceMask().reframed("ffhq").alpha(uv[..., 0], uv[..., 1], 256) == 0
     return outside
 
 
