@@ -11,11 +11,13 @@ $(STAMP): pyproject.toml client/pyproject.toml scripts/install.sh
 
 install: $(STAMP)
 
-# The built-in sample portrait, plus two real photos when ../shared is beside the checkout.
-DEMO_FACES := $(wildcard ../shared/data/faces/img1.jpg ../shared/data/faces/couple.jpg)
+# With ../shared beside the checkout: two photos of one person (one key must give them one new
+# identity) and a photo of two people for scene mode; without it, the built-in sample portrait.
+DEMO_PAIR := $(wildcard ../shared/data/faces/img1.jpg ../shared/data/faces/img2.jpg)
+DEMO_SCENES := $(wildcard ../shared/data/faces/couple.jpg)
 
 demo: $(STAMP)
-	$(VENV)/bin/anonymixer demo --out out/demo $(if $(DEMO_FACES),--faces $(DEMO_FACES))
+	$(VENV)/bin/anonymixer demo --out out/demo $(if $(DEMO_PAIR),--pair $(DEMO_PAIR)) $(if $(DEMO_SCENES),--scenes $(DEMO_SCENES))
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,10 +1,13 @@
 """Refinement-loop throughput: the naive baseline, ours, and each speed switch on its own.
 
-    python -m benchmarks.refine_bench [--profile tiny|ffhq1024] [--device cpu|cuda] [--batches 1 8]
+    python -m benchmarks.refine_bench [--profile tiny|ffhq1024 | --bundle DIR] [--device cpu|cuda] [--batches 1 8]
         [--steps 10] [--precision fp32 tf32 bf16] [--switches channels_last compile cuda_graphs loss_256]
         [--no-combined] [--naive] [--trace] [--out DIR]
 
-Per batch size, on the same seeded inputs and random weights:
+Per batch size, on the same seeded inputs, with random weights of a profile or the real weights
+of a bundle on disk (``--bundle``: mobile1024, whose inputs start from its latent_avg since it
+has no encoder; the inversion by optimisation is a stage of its own), with the bundle's own
+algorithm settings (identity rows, attribute loss):
 
 * ``naive`` — the published code's way: one image at a time with its own Adam, fp32, eager,
   network weights not frozen;
@@ -16,8 +19,9 @@ Per batch size, on the same seeded inputs and random weights:
 * ``combined`` — the last precision with every switch that applies.
 
 Every variant reports (the median of ``--repeats`` timed runs) ms per step, images/s at the
-default 50 steps (batch / (50 · s per step)), peak memory (CUDA's max allocated, or the process's
-peak RSS on the CPU), the first call's time (compilation), FLOPs per item-step (torch's
+default 50 steps (batch / (50 · s per step)), peak memory of that variant's timed runs (CUDA's
+max allocated; on the CPU the peak resident set sampled during the runs, and how much it rose
+above the resident set before them), the first call's time (compilation), FLOPs per item-step (torch's
 FlopCounterMode, eager), achieved TFLOP/s, the ratio to the H100 BF16 floor of DESIGN §7 and its
 speed-up over ``naive`` and over ``fp32``. Correctness
 guard: each variant's refined latents are rendered at full resolution and compared with ``fp32``'s
@@ -37,7 +41,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import resource
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,12 +51,13 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from anonymixer import profiles
+from anonymixer import bundle, profiles
 from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig
 from anonymixer.keys import SecretKey, key_latents
-from anonymixer.losses import ALIGNED_SIZE, E4EFeatureLoss, fr_crop, resize
+from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
+from anonymixer.protect import build_attribute_loss
 from anonymixer.refine import refine_latents, set_memory_format
 from benchmarks.machine import results_dir, save_record
 
@@ -75,33 +81,44 @@ class Inputs:
     groups: torch.Tensor
 
 
+def base_config(model: Bundle) -> ProtectConfig:
+    """The bundle's algorithm (its rows, attribute loss) without augmented views."""
+    return ProtectConfig.from_dict({**model.config.get("algorithm", {}), "views": 0})
+
+
 def make_inputs(model: Bundle, batch: int, device: torch.device) -> Inputs:
-    config = ProtectConfig()
+    config = base_config(model)
     gen = torch.Generator().manual_seed(batch)  # benchmark inputs only; not a key derivation
     x = (torch.rand(batch, 3, ALIGNED_SIZE, ALIGNED_SIZE, generator=gen) * 2 - 1).to(device)
     with torch.no_grad():
-        w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
+        if model.encoder is not None:
+            w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
+        else:  # no encoder: a seeded spread around latent_avg stands in for inverted faces
+            spread = torch.randn(batch, model.n_latent, model.style_dim, generator=gen).to(device)
+            w_real = model.latent_avg[None] + 0.1 * spread
         w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator.mapping, model.w_avg)
     mix = mix_latents(w_real, w_key, config.mix_mode, config.identity_layers)
     return Inputs(mix, x, torch.arange(batch, device=device))
 
 
-def skip_reason(name: str, device: torch.device, size: int) -> str | None:
+def skip_reason(name: str, device: torch.device, model: Bundle) -> str | None:
     if name in ("tf32", "bf16", "cuda_graphs") and device.type != "cuda":
         return "CUDA only (the CPU path always runs fp32 eager)"
-    if name == "loss_256" and size <= 256:
-        return f"the generator renders {size} px: the losses already see ≤ 256 px"
+    if name == "loss_256" and model.resolution <= 256:
+        return f"the generator renders {model.resolution} px: the losses already see ≤ 256 px"
+    if name == "loss_256" and model.config["generator"].get("network") == "mobilestylegan":
+        return "MobileStyleGAN has no intermediate images (only its last block reaches the image)"
     return None
 
 
 def variant_configs(
-    precisions: list[str], switches: list[str], combined: bool, device: torch.device, size: int
+    precisions: list[str], switches: list[str], combined: bool, device: torch.device, model: Bundle
 ) -> tuple[dict[str, ProtectConfig], dict[str, str]]:
     """The configs to measure (fp32 first) and the skipped ones with their reasons."""
-    base = ProtectConfig(views=0)
+    base = base_config(model)
     configs, skipped = {"fp32": base}, {}
     for name in [p for p in precisions if p != "fp32"] + switches:
-        reason = skip_reason(name, device, size)
+        reason = skip_reason(name, device, model)
         if reason:
             skipped[name] = reason
         else:
@@ -141,22 +158,53 @@ def networks_for(model: Bundle, config: ProtectConfig) -> Iterator[None]:
         set_memory_format(model.networks, channels_last=False)
 
 
-def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, seconds, peak MiB): CUDA's max allocated, or the process's peak RSS on the CPU."""
+def resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakResident:
+    """The process's resident set sampled every few ms while it runs (this variant's peak, not
+    the process lifetime's ``ru_maxrss``), and the resident set before it."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s, self.before, self.peak = interval_s, resident_mib(), 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, resident_mib())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakResident:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_mib())
+
+
+def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    """(result, seconds, peak MiB, MiB added over the start): CUDA's max allocated (above what was
+    allocated before), or the sampled peak resident set on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    result = fn()
+        before = torch.cuda.memory_allocated() / 2**20
+    with contextlib.nullcontext() if device.type == "cuda" else PeakResident() as resident:
+        start = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return result, elapsed, peak
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        return result, elapsed, peak, peak - before
+    assert resident is not None
+    return result, elapsed, resident.peak, resident.peak - resident.before
 
 
 class Case:
@@ -164,7 +212,7 @@ class Case:
 
     def __init__(self, model: Bundle, inputs: Inputs, config: ProtectConfig, naive: bool = False) -> None:
         self.model, self.inputs, self.config, self.naive = model, inputs, config, naive
-        self.attribute_loss = E4EFeatureLoss(model.encoder.encoder)
+        self.attribute_loss = build_attribute_loss(config, model)
 
     def _refine(self, mix: Mix, x: torch.Tensor, groups: torch.Tensor, steps: int, config: ProtectConfig) -> Any:
         m = self.model
@@ -206,12 +254,12 @@ def measure(
     batch = case.inputs.x.shape[0]
     context = unfrozen(case.model) if case.naive else networks_for(case.model, case.config)
     with context:
-        _, first, _ = timed(device, lambda: case.run(1))  # warm-up; compiles where the config says so
+        _, first, *_ = timed(device, lambda: case.run(1))  # warm-up; compiles where the config says so
         flops = case.flops_per_step()
         runs = [timed(device, lambda: case.run(steps)) for _ in range(repeats)]
     # the median run: a shared machine's hiccups land in one repeat, not in the figure
-    trainable, seconds, _ = sorted(runs, key=lambda r: r[1])[len(runs) // 2]
-    peak = max(r[2] for r in runs)
+    trainable, seconds, *_ = sorted(runs, key=lambda r: r[1])[len(runs) // 2]
+    peak, added = max(r[2] for r in runs), max(r[3] for r in runs)
     # Rounded once, and everything derived from the recorded value (as the speed-ups are), so a
     # record is consistent with itself: images/s from the unrounded time could differ in its last digit.
     ms_step = round(1000 * seconds / steps, 2)
@@ -224,6 +272,7 @@ def measure(
         "ms_per_step": ms_step,
         "images_per_s_at_50_steps": round(batch / (FULL_STEPS * ms_step / 1000), 3),
         "peak_memory_mib": round(peak, 1),
+        "memory_added_mib": round(added, 1),
         "first_call_s": round(first, 2),
         "tflop_per_step_per_item": round(flops / batch / 1e12, 6),
         "achieved_tflops": round(flops / (seconds / steps) / 1e12, 4),
@@ -300,8 +349,9 @@ def describe(row: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    model = profiles.random_bundle(args.profile).to(device)
-    configs, skipped = variant_configs(args.precision, args.switches, args.combined, device, model.resolution)
+    model = bundle.load(args.bundle, device) if args.bundle else profiles.random_bundle(args.profile).to(device)
+    args.profile = model.profile
+    configs, skipped = variant_configs(args.precision, args.switches, args.combined, device, model)
     for name, reason in skipped.items():
         print(f"skip {name}: {reason}", flush=True)
     rows = []
@@ -350,7 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", choices=profiles.RANDOM_PROFILES, default="tiny")
+    p.add_argument("--profile", choices=profiles.RANDOM_PROFILES, default="tiny", help="random weights of a profile")
+    p.add_argument("--bundle", help="a bundle on disk instead (real weights: mobile1024)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--steps", type=int, default=10, help="timed steps per case (default 10)")

@@ -2,8 +2,8 @@
 
     anonymixer serve [--repository DIR | --profile tiny|ffhq1024|mobile1024 [--weights DIR] [--generator-ir DIR]]
                      [--gpu] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002]
-    anonymixer demo  [--profile tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…] [--keys K1 K2]
-                     [--out out/demo]
+    anonymixer demo  [--profile mobile1024|tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…]
+                     [--pair PHOTO PHOTO] [--scenes PHOTO…] [--keys K1 K2] [--out out/demo]
 
 Bundles and repositories are built on first use and cached under ``build/cache`` by a hash of
 their content (the bundle's file hashes, the repository settings and this package's version), so
@@ -16,9 +16,9 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,8 @@ def _mobile1024_bundle(weights: str | None, generator_ir: str | None, cache: Pat
         ir_hashes = verify_ir(locate_ir(generator_ir))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    out = cache / "bundles" / f"mobile1024-{_digest(file_sha256(fr), *ir_hashes.values())}"
+    settings = json.dumps([profiles.MOBILE1024_ALGORITHM, profiles.MOBILE1024_FRAMING], sort_keys=True)
+    out = cache / "bundles" / f"mobile1024-{_digest(file_sha256(fr), *ir_hashes.values(), settings)}"
     if not (out / bundle.MANIFEST).exists():
         print(f"building the mobile1024 bundle in {out} …", file=sys.stderr)
         profiles.build_mobile1024(out, fr=fr, generator_ir=generator_ir, overwrite=True)
@@ -132,9 +133,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def protect_over_grpc(
-    url: str, images: list[bytes], key: bytes, steps: int | None = None, timeout_s: float = 600.0, chunk: int = 8
+    url: str, images: list[bytes], keys: list[bytes], steps: int | None = None, timeout_s: float = 900.0, chunk: int = 8
 ) -> dict:
-    """``anonymixer`` requests (``chunk`` items each) with plain tritonclient: PNGs, templates, similarities."""
+    """``anonymixer`` requests (``chunk`` items each, item i under ``keys[i]``) with plain tritonclient:
+    PNGs, templates, similarities."""
     import tritonclient.grpc as grpcclient
 
     pngs, templates, similarity = [], [], []
@@ -145,7 +147,7 @@ def protect_over_grpc(
             image_in = grpcclient.InferInput("IMAGE", [len(part), 1], "BYTES")
             image_in.set_data_from_numpy(np.array([[im] for im in part], dtype=np.object_))
             key_in = grpcclient.InferInput("KEY", [len(part), 1], "BYTES")
-            key_in.set_data_from_numpy(np.array([[key]] * len(part), dtype=np.object_))
+            key_in.set_data_from_numpy(np.array([[k] for k in keys[first : first + chunk]], dtype=np.object_))
             inputs = [image_in, key_in]
             if steps is not None:
                 steps_in = grpcclient.InferInput("STEPS", [len(part), 1], "INT32")
@@ -184,36 +186,81 @@ def scene_over_grpc(url: str, photo: bytes, key: bytes, steps: int | None, timeo
     }
 
 
-def demo(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    bundle_dir = prepare_bundle(args.profile, args.weights, generator_ir=args.generator_ir)
-    if bundle.read_config(bundle_dir).get("encoder") is None:
-        raise SystemExit(
-            f"anonymixer demo --profile {args.profile}: this bundle has no encoder, and inverting faces by "
-            "optimisation is not implemented yet, so it cannot protect faces; `python -m exporter faces --bundle "
-            f"{bundle_dir} --out faces.png` shows what its generator draws"
+# What the demo changes on 2 CPU cores for mobile1024 so that it ends within 10 minutes (a real
+# 1024 px refinement step costs ~2.3 s per face there); the service's defaults are the bundle's.
+DEMO_CPU_ALGORITHM = {"inversion_steps": 20, "steps": 10, "views": 0}
+# ../shared beside the checkout (the project's data folder; ANONYMIXER_SHARED elsewhere), when present
+SHARED = Path(os.environ.get("ANONYMIXER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED_MOBILEFACENET = SHARED / "weights" / "mobilefacenet"
+DEMO_WEIGHTS = Path("build/weights")
+
+
+def demo_weights(profile: str, weights: str | None) -> tuple[str, str | None]:
+    """(profile, weights folder) for the demo: mobile1024 takes MobileFaceNet from ``--weights``,
+    ../shared or a download with its pinned hash; when none can be had it says so and uses tiny."""
+    if profile != "mobile1024" or weights:
+        return profile, weights
+    from exporter.download import OFFICIAL_FILES, DownloadError, download_file, sha256_of
+
+    spec = OFFICIAL_FILES["mobilefacenet"]
+    shared = SHARED_MOBILEFACENET / spec.filename
+    if shared.is_file() and sha256_of(shared) == spec.sha256:
+        return profile, str(SHARED_MOBILEFACENET)
+    try:
+        download_file(spec, DEMO_WEIGHTS, attempts=1, timeout_s=30)
+        return profile, str(DEMO_WEIGHTS)
+    except DownloadError as exc:
+        print(
+            f"mobile1024 needs MobileFaceNet: not in {SHARED_MOBILEFACENET} and the download failed ({exc}); "
+            "falling back to the tiny profile (random weights, no real faces)",
+            file=sys.stderr,
         )
-    repository = prepare_repository(bundle_dir, gpu=args.gpu)
-    print_notice(repository)
-    photos = builtin_photos() + photos_from(args.faces, args.limit)
-    detector = FaceDetector()
+        return "tiny", None
+
+
+def demo_faces(args: argparse.Namespace, detector: FaceDetector, framing: str) -> list[tuple[str, np.ndarray]]:
+    """The aligned sample faces: --faces, then the --pair (two photos of one person), or the
+    built-in portrait when neither is given."""
+    photos = photos_from(args.faces, args.limit) + photos_from(args.pair, 2)
+    if not photos:
+        photos = builtin_photos()
     faces = []
     for name, photo in photos:
-        face = aligned_face(photo, detector)
+        face = aligned_face(photo, detector, framing=framing)
         if face is None:
             print(f"{name}: no face found, skipped for the aligned-face part", file=sys.stderr)
         else:
             faces.append((name, face))
     if not faces:
-        raise SystemExit("no faces: give --faces, or install scikit-image for the built-in sample")
+        raise SystemExit("no faces: give --faces or --pair, or install scikit-image for the built-in sample")
+    return faces
+
+
+def demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    profile, weights = demo_weights(args.profile, args.weights)
+    bundle_dir = prepare_bundle(profile, weights, generator_ir=args.generator_ir)
+    config = bundle.read_config(bundle_dir)
+    algorithm = {} if args.gpu or profile != "mobile1024" else dict(DEMO_CPU_ALGORITHM)
+    if args.steps is not None:
+        algorithm["steps"] = args.steps
+    if algorithm:
+        print(f"demo settings on the CPU (the service's defaults are the bundle's): {algorithm}", file=sys.stderr)
+    repository = prepare_repository(bundle_dir, gpu=args.gpu, algorithm=json.dumps(algorithm, sort_keys=True))
+    print_notice(repository)
+    detector = FaceDetector()
+    framing = config.get("framing", "e4e")
+    faces = demo_faces(args, detector, framing)
+    scene_photos = photos_from(args.scenes, args.limit) if args.scenes else photos_from(args.faces, args.limit)
+    scene_photos = scene_photos or builtin_photos()
     originals = [face for _, face in faces]
     payload = [encode_png(im) for im in originals]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.profile == "tiny":
+    if profile == "tiny":
         print(
             "Using the built-in tiny bundle: seeded random weights, so protected faces are structured noise. "
-            "For real faces: --profile ffhq1024 --weights DIR.",
+            "For real faces: --profile mobile1024 (MobileFaceNet from ../shared or a download).",
             file=sys.stderr,
         )
     with EmbeddedTritonServer(repository, log_file=out / "tritonserver.log") as server:
@@ -223,33 +270,49 @@ def demo(args: argparse.Namespace) -> int:
             f"with {len(args.keys)} key(s) …",
             file=sys.stderr,
         )
-        with ThreadPoolExecutor(len(args.keys)) as pool:  # concurrent requests share one refinement batch
-            results = list(
-                pool.map(lambda k: protect_over_grpc(server.grpc_url, payload, k.encode(), args.steps), args.keys)
-            )
-        print(f"scene mode: {len(photos)} whole photo(s) with key 1 …", file=sys.stderr)
+        # every face under every key in one request: each face is inverted once for all its keys
+        keys = [k.encode() for k in args.keys for _ in payload]
+        both = protect_over_grpc(server.grpc_url, payload * len(args.keys), keys, args.steps)
+        n = len(payload)
+        results = [
+            {
+                "pngs": both["pngs"][i * n : (i + 1) * n],
+                "templates": both["templates"][i * n : (i + 1) * n],
+                "similarity": both["similarity"][i * n : (i + 1) * n],
+                "seconds": both["seconds"],
+            }
+            for i in range(len(args.keys))
+        ]
+        print(f"scene mode: {len(scene_photos)} whole photo(s) with key 1 …", file=sys.stderr)
         scenes = [
             scene_over_grpc(server.grpc_url, encode_png(photo), args.keys[0].encode(), args.steps)
-            for _, photo in photos
+            for _, photo in scene_photos
         ]
         stats = _execution_stats(server.grpc_url)
+    print("reconstructions (the inversion the server ran, rendered here) …", file=sys.stderr)
+    reconstructions, reconstruct_seconds = _reconstructions(bundle_dir, algorithm, originals)
     scene_dir = out / "scenes"
     scene_dir.mkdir(exist_ok=True)
-    for (name, photo), scene in zip(photos, scenes, strict=True):
+    for (name, photo), scene in zip(scene_photos, scenes, strict=True):
         Image.fromarray(np.concatenate([photo, scene["image"]], axis=1)).save(scene_dir / f"{name}.png")
-    columns = [np.stack(originals)] + [
-        np.stack([np.asarray(Image.open(io.BytesIO(p))) for p in r["pngs"]]) for r in results
-    ]
+    protected = [np.stack([np.asarray(Image.open(io.BytesIO(p))) for p in r["pngs"]]) for r in results]
     import torch
 
     grid = save_grid(
-        [torch.from_numpy(c).permute(0, 3, 1, 2).float() / 127.5 - 1 for c in columns], out / "before_after.png"
+        [
+            torch.from_numpy(c).permute(0, 3, 1, 2).float() / 127.5 - 1
+            for c in [np.stack(originals), reconstructions, *protected]
+        ],
+        out / "before_after.png",
     )
+    names = [name for name, _ in faces]
+    pair = [names.index(Path(p).stem) for p in args.pair if Path(p).stem in names]
     summary = {
-        "profile": args.profile,
+        "profile": profile,
         "bundle": str(bundle_dir),
         "repository": str(repository),
-        "faces": [name for name, _ in faces],
+        "settings": {**config.get("algorithm", {}), **algorithm},
+        "faces": names,
         "keys": len(args.keys),
         "requests": [
             {
@@ -264,24 +327,51 @@ def demo(args: argparse.Namespace) -> int:
             if len(results) > 1
             else []
         ),
+        "same_person_pair": (
+            {
+                "photos": [names[i] for i in pair],
+                "template_cosine_per_key": [
+                    round(float(r["templates"][pair[0]] @ r["templates"][pair[1]]), 4) for r in results
+                ],
+            }
+            if len(pair) == 2
+            else None
+        ),
         "scenes": [
             {"photo": name, "faces": scene["actions"], "seconds": round(scene["seconds"], 2)}
-            for (name, _), scene in zip(photos, scenes, strict=True)
+            for (name, _), scene in zip(scene_photos, scenes, strict=True)
         ],
+        "reconstruction_seconds": round(reconstruct_seconds, 1),
         "server": stats,
         "total_seconds": round(time.perf_counter() - start, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for i, r in enumerate(results):
-        sims = ", ".join(f"{name} {s:+.3f}" for (name, _), s in zip(faces, r["similarity"], strict=True))
+        sims = ", ".join(f"{name} {s:+.3f}" for name, s in zip(names, r["similarity"], strict=True))
         print(f"key {i + 1}: {r['seconds']:.1f} s; cos(protected, original): {sims}")
+    if summary["same_person_pair"]:
+        pair_summary = summary["same_person_pair"]
+        photos = ", ".join(pair_summary["photos"])
+        print(f"one person, two photos ({photos}): template cos per key {pair_summary['template_cosine_per_key']}")
     for scene in summary["scenes"]:
         print(f"scene {scene['photo']}: {len(scene['faces'])} face(s) {scene['faces']} in {scene['seconds']} s")
     print(
-        f"wrote {grid} (aligned original, then one column per key), {scene_dir}/*.png (photo | protected "
-        f"photo) and {out / 'summary.json'}; {summary['total_seconds']} s in all"
+        f"wrote {grid} (aligned original | reconstruction | one column per key), {scene_dir}/*.png (photo | "
+        f"protected photo) and {out / 'summary.json'}; {summary['total_seconds']} s in all"
     )
     return 0
+
+
+def _reconstructions(bundle_dir: Path, algorithm: dict, faces: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """What the generator makes of each face before mixing, with the server's inversion settings."""
+    from anonymixer.config import ProtectConfig
+    from anonymixer.protect import Protector
+
+    start = time.perf_counter()
+    model = bundle.load(bundle_dir)
+    protector = Protector(model, ProtectConfig.from_dict({**model.config.get("algorithm", {}), **algorithm}))
+    images = protector.render(protector.invert(faces))
+    return images, time.perf_counter() - start
 
 
 def _execution_stats(url: str) -> dict:
@@ -302,7 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("serve", "start the embedded Triton server"), ("demo", "protect sample faces end to end")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--profile", choices=profiles.PROFILES, default="tiny")
+        p.add_argument(
+            "--profile",
+            choices=profiles.PROFILES,
+            default="mobile1024" if name == "demo" else "tiny",
+            help="demo: mobile1024 (real weights; tiny if MobileFaceNet cannot be had); serve: tiny",
+        )
         p.add_argument(
             "--weights",
             help="folder with the downloaded files: ffhq1024's official ones, mobile1024's mobilefacenet.pt",
@@ -321,7 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-timeout", type=float, default=600.0)
     s.set_defaults(run=serve)
     d = sub.choices["demo"]
-    d.add_argument("--faces", nargs="*", default=[], help="photos or folders, after the built-in sample")
+    d.add_argument("--faces", nargs="*", default=[], help="photos or folders whose largest face is protected")
+    d.add_argument(
+        "--pair", nargs="*", default=[], help="two photos of one person: shows that one key gives them one new identity"
+    )
+    d.add_argument("--scenes", nargs="*", default=[], help="whole photos for scene mode (default: the --faces photos)")
     d.add_argument("--limit", type=int, default=3, help="at most this many --faces files (default 3)")
     d.add_argument(
         "--keys",
@@ -329,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEMO_KEYS),
         help="keys, one column each (demo only: command-line keys are visible to other users)",
     )
-    d.add_argument("--steps", type=int, default=None, help="refinement steps (default: the server's, 50)")
+    d.add_argument("--steps", type=int, default=None, help="refinement steps (default: the server's)")
     d.add_argument("--out", default="out/demo")
     d.set_defaults(run=demo)
     return parser

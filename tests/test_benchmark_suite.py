@@ -21,6 +21,8 @@ def test_refine_bench_measures_each_switch_against_fp32_and_the_naive_baseline(t
     ]
     for row in rows:
         assert row["ms_per_step"] > 0 and row["tflop_per_step_per_item"] > 0
+        # this variant's own sampled peak, not the process's lifetime maximum
+        assert 0 <= row["memory_added_mib"] <= row["peak_memory_mib"]
         assert row["images_per_s_at_50_steps"] == round(row["batch"] / (50 * row["ms_per_step"] / 1000), 3)
     by = {(r["variant"], r["batch"]): r for r in rows}
     for batch in (1, 2):

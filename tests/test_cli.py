@@ -76,10 +76,15 @@ def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path,
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    pytest.importorskip("skimage", reason="the built-in sample portrait ships with scikit-image")
-    extra = ["--faces", str(FACES / "img1.jpg")] if (FACES / "img1.jpg").exists() else []
+    """The README's demo (tiny here: the real-weight run takes minutes) with the Makefile's photos."""
+    pair, scene = [FACES / "img1.jpg", FACES / "img2.jpg"], FACES / "couple.jpg"
+    if all(p.exists() for p in (*pair, scene)):
+        extra, rows, scene_name, scene_faces = ["--pair", *map(str, pair), "--scenes", str(scene)], 2, "couple", 2
+    else:
+        pytest.importorskip("skimage", reason="the built-in sample portrait ships with scikit-image")
+        extra, rows, scene_name, scene_faces = [], 1, "astronaut", 1
     done = subprocess.run(
-        [sys.executable, "-m", "optimizer_backend.cli", "demo", "--steps", "2", "--out", "demo", *extra],
+        [sys.executable, "-m", "optimizer_backend.cli", "demo", "--profile", "tiny", "--steps", "2", *extra],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -88,18 +93,21 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tiny bundle: seeded random weights" in done.stderr
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    rows = 1 + len(extra) // 2
+    summary = json.loads((tmp_path / "out" / "demo" / "summary.json").read_text())
     assert summary["profile"] == "tiny" and summary["keys"] == 2 and len(summary["faces"]) == rows
     assert len(summary["template_cosine_between_keys"]) == rows
+    assert [scene["faces"] for scene in summary["scenes"]] == [["protected"] * scene_faces]
     # items, not requests: 2 keys × the aligned faces, plus the faces of the scene-mode pass
-    assert [scene["faces"] for scene in summary["scenes"]] == [["protected"]] * rows
-    assert summary["server"]["inference_count"] == 3 * rows
-    side_by_side = np.asarray(Image.open(tmp_path / "demo" / "scenes" / "astronaut.png"))
-    assert side_by_side.shape == (512, 1024, 3) and not np.array_equal(side_by_side[:, :512], side_by_side[:, 512:])
-    grid = np.asarray(Image.open(tmp_path / "demo" / "before_after.png"))
-    assert grid.shape == (4 + rows * TILE, 4 + 3 * TILE, 3)
-    key_a, key_b = grid[4:TILE, 4 + TILE : 2 * TILE], grid[4:TILE, 4 + 2 * TILE : 3 * TILE]
+    assert summary["server"]["inference_count"] == 2 * rows + scene_faces
+    if rows == 2:
+        assert summary["same_person_pair"]["photos"] == ["img1", "img2"]
+        assert len(summary["same_person_pair"]["template_cosine_per_key"]) == 2
+    photo = np.asarray(Image.open(tmp_path / "out" / "demo" / "scenes" / f"{scene_name}.png"))
+    half = photo.shape[1] // 2
+    assert not np.array_equal(photo[:, :half], photo[:, half:])
+    grid = np.asarray(Image.open(tmp_path / "out" / "demo" / "before_after.png"))
+    assert grid.shape == (4 + rows * TILE, 4 + 4 * TILE, 3)  # original | reconstruction | key 1 | key 2
+    key_a, key_b = grid[4:TILE, 4 + 2 * TILE : 3 * TILE], grid[4:TILE, 4 + 3 * TILE : 4 * TILE]
     assert not np.array_equal(key_a, key_b)
     assert (tmp_path / "build" / "cache" / "repositories").is_dir()
 
@@ -135,8 +143,8 @@ def test_a_killed_launcher_leaves_no_server_behind(tmp_path: Path, triton_reposi
 
 
 def test_mobile1024_commands_say_what_they_need(tmp_path: Path) -> None:
-    """serve without the FR weights names the download command; demo (no encoder yet) explains itself
-    before it builds a repository or starts a server."""
+    """serve without the FR weights names the download command before it builds anything; the demo
+    finds ../shared's MobileFaceNet by itself (its pinned hash checked)."""
     from tests.conftest import MOBILEFACENET, need
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -147,10 +155,9 @@ def test_mobile1024_commands_say_what_they_need(tmp_path: Path) -> None:
     assert missing.returncode != 0
     assert "needs --weights DIR holding mobilefacenet.pt" in missing.stderr
     assert "python -m exporter download --dest DIR mobilefacenet" in missing.stderr
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    (weights / "mobilefacenet.pt").symlink_to(need(MOBILEFACENET))
-    demo = run("demo", "--profile", "mobile1024", "--weights", str(weights))
-    assert demo.returncode != 0
-    assert "this bundle has no encoder" in demo.stderr and "python -m exporter faces --bundle" in demo.stderr
-    assert not list(tmp_path.glob("build/cache/repositories/*"))
+    assert not list(tmp_path.glob("build/cache/*"))
+    need(MOBILEFACENET)
+    from optimizer_backend.cli import demo_weights
+
+    assert demo_weights("mobile1024", None) == ("mobile1024", str(MOBILEFACENET.parent))
+    assert demo_weights("tiny", None) == ("tiny", None)
