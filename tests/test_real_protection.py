@@ -22,7 +22,7 @@ from anonymixer.protect import Protector
 from anonymixer.samples import aligned_face
 from tests.conftest import FACES, REPO, need
 
-FEW = {"inversion_steps": 8, "steps": 4, "views": 0}
+FEW = {"inversion_steps": 15, "steps": 4, "views": 0}
 KEYS = (b"test key one", b"test key two")
 RUN_IN_SUBPROCESS = """
 import sys, numpy as np
