@@ -63,15 +63,16 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
 
 # mobile1024's algorithm, each value chosen by a committed measurement on real photos (README,
 # "mobile1024: the measured choices"; benchmarks/results/2026-12-01-cpu-2core/). These are the
-# service's (GPU) defaults; the CPU demo lowers steps and views and prints what it uses.
+# service's (GPU) defaults; the CPU demo lowers the step counts and prints what it uses.
 MOBILE1024_ALGORITHM: dict[str, Any] = {
     "inversion": "optimize",
     "inversion_steps": 50,  # inversion_mobile1024.json: the knee of identity (cos 0.72→0.90→0.96 at 25/50/100)
-    "identity_layers": [4, 13],  # identity_rows_mobile1024.json
-    "attribute_loss": "fr_features",  # identity_rows_mobile1024.json, attribute-loss rows
+    "identity_layers": [4, 13],  # protection_mobile1024.json, "rows"
+    "attribute_loss": "fr_features",  # protection_mobile1024.json, "attributes"
+    # the issue's first experiment (lr 0.02 broke faces; 0.005 × 20 steps protected 8/8), not swept here
     "lr": 0.005,
     "steps": 20,
-    "views": 5,
+    "views": 0,  # protection_mobile1024.json, "views": 2 views bought nothing at 4× the cost
 }
 MOBILE1024_FRAMING = "ffhq"  # inversion_mobile1024.json: FFHQ vs e4e framing
 
