@@ -50,12 +50,10 @@ def framing_template(framing: str) -> np.ndarray:
     return FRAMINGS[framing]
 
 
-def reframe(framing: str, size: int = 256) -> np.ndarray:
-    """The transform from the e4e frame to ``framing``'s frame (both ``size`` px): what moves a
-    shape defined on e4e-aligned faces (the paste-back mask) onto faces aligned with ``framing``."""
-    return template_transform(
-        (np.asarray(E4E_TEMPLATE_256) + 0.5) * size / 256 - 0.5, framing_template(framing), size, 256
-    )
+def reframe(framing: str) -> np.ndarray:
+    """The transform from the e4e frame to ``framing``'s frame (256 px): what moves a shape defined
+    on e4e-aligned faces (the paste-back mask) onto faces aligned with ``framing``."""
+    return similarity_transform(E4E_TEMPLATE_256, framing_template(framing))
 
 
 def invert(matrix: np.ndarray) -> np.ndarray:

@@ -82,9 +82,7 @@ class Bundle:
 
     @property
     def framing(self) -> str:
-        """The template faces are aligned to for this generator (alignment.FRAMINGS); bundles
-        written before the choice was measured were served with the e4e template."""
-        return str(self.config.get("framing", "e4e"))
+        return config_framing(self.config)
 
     @property
     def notice(self) -> str | None:
@@ -110,6 +108,12 @@ class Bundle:
         self.w_avg = self.w_avg.to(device)
         self.latent_avg = self.latent_avg.to(device)
         return self
+
+
+def config_framing(config: dict[str, Any]) -> str:
+    """The template faces are aligned to for a bundle's generator (alignment.FRAMINGS), from its
+    ``bundle.json``; bundles written before the choice was measured were served with the e4e one."""
+    return str(config.get("framing", "e4e"))
 
 
 def _frozen(module: nn.Module) -> nn.Module:

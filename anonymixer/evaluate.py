@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from anonymixer import bundle as bundle_io
-from anonymixer.alignment import arcface_crop
+from anonymixer.alignment import FRAMINGS, arcface_crop
 from anonymixer.checkpoints import load_checkpoint
 from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import headless_pyplot, open_rgb, save_grid
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identities", required=True, help="CSV with columns file, identity")
     parser.add_argument("--bundle", help="protect in-process with this bundle (and run the attacks)")
     parser.add_argument(
-        "--framing", choices=("ffhq", "e4e"), help="face alignment (default: the bundle's; ffhq with --server)"
+        "--framing", choices=sorted(FRAMINGS), help="face alignment (default: the bundle's; ffhq with --server)"
     )
     parser.add_argument("--server", help="protect through the service at this gRPC address instead")
     parser.add_argument("--matchers", nargs="*", default=[], help="NAME=WEIGHTS (IR-SE or MobileFaceNet checkpoint)")

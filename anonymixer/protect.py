@@ -271,12 +271,10 @@ class Protector:
 
     def _invert(self, x: torch.Tensor, timer: _StageTimer) -> torch.Tensor:
         """W+ [B, n_latent, d] of the aligned faces ``x``, each distinct face inverted once."""
-        digests = [hashlib.sha256(face.cpu().numpy().tobytes()).digest() for face in x]
-        first = {d: i for i, d in reversed(list(enumerate(digests)))}
-        distinct = sorted(first.values())
-        position = {i: k for k, i in enumerate(distinct)}
-        faces = x[distinct]
-        self.inverted_items = len(distinct)
+        slots: dict[bytes, int] = {}  # digest → index among the distinct faces, in first-seen order
+        slot = [slots.setdefault(hashlib.sha256(face.cpu().numpy().tobytes()).digest(), len(slots)) for face in x]
+        faces = x[[slot.index(k) for k in range(len(slots))]]
+        self.inverted_items = len(slots)
         if self.inversion == "encoder":
             with timer("encode"), torch.no_grad():
                 w = self.stages.encode(faces).float()
@@ -293,10 +291,10 @@ class Protector:
                             steps=self.config.inversion_steps,
                             lr=self.config.inversion_lr,
                         ).w_plus
-                        for chunk in self._chunks(torch.arange(len(distinct), device=self.device))
+                        for chunk in self._chunks(torch.arange(len(slots), device=self.device))
                     ]
                 )
-        return w[torch.tensor([position[first[d]] for d in digests], device=self.device)]
+        return w[torch.tensor(slot, device=self.device)]
 
     def invert(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """W+ [B, n_latent, d] of aligned faces (uint8 [H, W, 3]) as :meth:`protect` inverts them.

@@ -18,8 +18,8 @@ import torch
 
 from anonymixer.bundle import Bundle
 from anonymixer.face_detection import FaceDetector, largest_face
-from anonymixer.images import open_rgb
-from anonymixer.losses import fr_crop
+from anonymixer.images import open_rgb, to_uint8
+from anonymixer.losses import fr_crop, resize
 from anonymixer.samples import aligned_face
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
@@ -52,9 +52,6 @@ def labelled_photos(framing: str, detector: FaceDetector, per_person: int = 99) 
 
 def to_256(images: torch.Tensor) -> np.ndarray:
     """[B, 3, R, R] in [-1, 1] → uint8 [B, 256, 256, 3] (area downscale, as the losses see them)."""
-    from anonymixer.images import to_uint8
-    from anonymixer.losses import resize
-
     return to_uint8(resize(images.float(), MEASURE_SIZE))
 
 

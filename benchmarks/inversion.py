@@ -66,12 +66,16 @@ def run_variant(model, photos, framing, perceptual, steps, lr, dlib, detector) -
     with torch.no_grad():
         renders[0] = to_256(model.generator.synthesis(model.latent_avg[None].expand(len(photos), -1, -1)))
     bar = tqdm(total=max(steps), desc=f"invert {framing} perceptual={perceptual}")
+    rendering = 0.0  # the checkpoints' renders are not part of the inversion's cost
 
     def record(step: int, loss: torch.Tensor, w: torch.Tensor) -> None:
+        nonlocal rendering
         bar.update(1)
         if step + 1 in checkpoints:
+            start = time.perf_counter()
             with torch.no_grad():
                 renders[step + 1] = to_256(model.generator.synthesis(w))
+            rendering += time.perf_counter() - start
 
     start = time.perf_counter()
     invert_latents(
@@ -83,7 +87,7 @@ def run_variant(model, photos, framing, perceptual, steps, lr, dlib, detector) -
         lr=lr,
         on_step=record,
     )
-    seconds = time.perf_counter() - start - 0.6 * len(photos) * len(steps)  # minus the checkpoint renders
+    seconds = time.perf_counter() - start - rendering
     bar.close()
     out = {"framing": framing, "perceptual_weight": perceptual, "lr": lr}
     out["seconds_per_step_per_face"] = round(seconds / max(steps) / len(photos), 3)

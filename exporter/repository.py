@@ -26,6 +26,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from anonymixer.bundle import config_framing
 from anonymixer.face_detection import WEIGHT_FILES, packaged_weights_dir
 
 TARGETS = ("embedded", "onnxruntime", "tensorrt")
@@ -239,7 +240,7 @@ def build_repository(
             ("face_detector", face_detector_config(options), "optimizer_backend.detector_model"),
             (
                 "anonymixer_scene",
-                scene_config(options, manifest["bundle"].get("framing", "e4e")),
+                scene_config(options, config_framing(manifest["bundle"])),
                 "optimizer_backend.scene_model",
             ),
         ):

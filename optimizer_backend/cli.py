@@ -249,7 +249,7 @@ def demo(args: argparse.Namespace) -> int:
     repository = prepare_repository(bundle_dir, gpu=args.gpu, algorithm=json.dumps(algorithm, sort_keys=True))
     print_notice(repository)
     detector = FaceDetector()
-    framing = config.get("framing", "e4e")
+    framing = bundle.config_framing(config)
     faces = demo_faces(args, detector, framing)
     scene_photos = photos_from(args.scenes, args.limit) if args.scenes else photos_from(args.faces, args.limit)
     scene_photos = scene_photos or builtin_photos()

@@ -106,16 +106,17 @@ class MobileFaceNet(nn.Module):
         self.conv3 = nn.Conv2d(512, embedding_size, 1)
         self.bn = nn.BatchNorm2d(embedding_size)
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dw_conv(self.conv1(((x + 1) * 0.5 - self.mean) / self.std))
+
     def embed_unnormalised(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x + 1) * 0.5 - self.mean) / self.std
-        x = self.dw_conv(self.conv1(x))
-        x = self.gdconv(self.conv2(self.features(x)))
+        x = self.gdconv(self.conv2(self.features(self._stem(x))))
         return self.bn(self.conv3(x)).flatten(1)
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The early maps a perceptual loss compares: after the stem (1/2 of the input) and after
         the first bottleneck stage (1/4) — edges, texture and shape, before identity dominates."""
-        x = self.dw_conv(self.conv1(((x + 1) * 0.5 - self.mean) / self.std))
+        x = self._stem(x)
         return [x, self.features[: self.first_stage_blocks](x)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
