@@ -69,6 +69,11 @@ class ProtectConfig:
     precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
     channels_last: bool = False  # NHWC activations and weights in the refinement loop
     compile: str = "off"  # COMPILE_MODES: torch.compile the step (the first call per batch size compiles)
+    # A refinement batch whose step saves more than this many MiB for backward (autograd's saved
+    # tensors, each storage once) raises MemoryError, as a device out of memory would: the batch
+    # is then split, whole groups, and retried. Deterministic and batch-size proportional, so it
+    # caps a CPU instance's memory and lets tests run out of memory on purpose. 0: no budget.
+    memory_budget_mib: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -92,6 +97,11 @@ class ProtectConfig:
             problems.append(f"steps must be in [0, max_steps={self.max_steps}]")
         if self.refine_batch < 0:
             problems.append("refine_batch must be ≥ 0")
+        if self.memory_budget_mib < 0:
+            problems.append("memory_budget_mib must be ≥ 0")
+        if self.memory_budget_mib and self.compile != "off":
+            # the budget is counted by saved-tensor hooks on eager autograd, not on a compiled graph
+            problems.append("memory_budget_mib needs compile 'off'")
         if self.lr <= 0 or not 0 < self.lr_gamma <= 1:
             problems.append("lr must be > 0 and lr_gamma in (0, 1]")
         if problems:

@@ -27,10 +27,14 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] → uint8 [B, 3, H, W] on the same device: clamp, then a linear map."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]: clamp, then a linear map."""
-    x = (images.detach().float().clamp(-1, 1) + 1) * 127.5
-    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3] (:func:`quantize`, as a picture's array)."""
+    return quantize(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def headless_pyplot() -> Any:

@@ -6,7 +6,13 @@
 Per call: validate → invert every distinct face (e4e, or by optimisation for a bundle without an
 encoder: :mod:`anonymixer.inversion`) → derive each key's latent → mix → refine all items (and
 the augmented views of faces alone in their group) in one batch → render at full resolution →
-template = FR(crop(protected)), ORIGINAL_SIMILARITY = cos(template, FR(original)).
+quantise to uint8 as returned → template = FR(crop(returned pixels)), ORIGINAL_SIMILARITY =
+cos(template, FR(original)): a client that embeds the picture it got back finds the template.
+
+A refinement batch that runs out of memory (the device's, or ``memory_budget_mib``) is split in
+halves, whole groups, and retried down to one group; :meth:`Protector.protect_each` reports a
+group that does not fit even alone as :class:`OutOfMemory` for its items, and the other items are
+protected as usual (batch composition changes no result). :meth:`Protector.protect` raises instead.
 
 Identical images within one call are inverted once (a face protected under two keys, say): the
 inversion depends on the image alone, so sharing it changes no result.
@@ -30,17 +36,18 @@ import torch
 from anonymixer.augment import augmented_views, view_params
 from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig
-from anonymixer.images import to_uint8
+from anonymixer.images import quantize, to_uint8
 from anonymixer.inversion import ReconstructionLoss, invert_latents
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
-from anonymixer.mixing import mix_latents
-from anonymixer.refine import StepCallback, refine_latents, set_memory_format
+from anonymixer.mixing import Mix, mix_latents
+from anonymixer.refine import RefineResult, StepCallback, refine_latents, set_memory_format
 
 KeyLike = SecretKey | bytes | bytearray | str
 # Measured (benchmarks/refine_bench.py, tiny, 2-core CPU): 22 ms per item and step at 24 items,
 # 30 ms at 48 — larger batches fall out of cache. GPUs take the whole batch at once.
 CPU_REFINE_BATCH = 24
+MEMORY_ERRORS = (MemoryError, torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -50,6 +57,13 @@ class ProtectedFace:
     original_similarity: float  # cos(template, embedding of the original): the privacy gauge
     loss_trace: list[float] = field(default_factory=list)  # anonymity + attribute loss per step
     steps: int = 0
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    """The outcome of an item whose group did not fit in memory even alone in its refinement batch."""
+
+    message: str  # the memory error of that last try (sizes only: no key, latent or embedding)
 
 
 def check_image(image: object, index: int) -> np.ndarray:
@@ -65,10 +79,14 @@ def check_image(image: object, index: int) -> np.ndarray:
     return image
 
 
+def aligned_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] → [B, 3, 256, 256] in [-1, 1] (the e4e alignment size)."""
+    return resize(pixels.float() / 127.5 - 1, ALIGNED_SIZE)
+
+
 def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 HWC → [3, 256, 256] in [-1, 1] (the e4e alignment size)."""
-    x = torch.tensor(image, device=device).permute(2, 0, 1).float() / 127.5 - 1
-    return resize(x[None], ALIGNED_SIZE)[0]
+    """uint8 HWC → [3, 256, 256] in [-1, 1] (:func:`aligned_input` of one picture)."""
+    return aligned_input(torch.tensor(image, device=device).permute(2, 0, 1)[None])[0]
 
 
 def build_attribute_loss(config: ProtectConfig, model: Bundle) -> AttributeLoss:
@@ -119,7 +137,9 @@ class Protector:
 
     After each :meth:`protect`, ``timings`` holds the seconds spent per stage (encode or invert,
     map, refine, render, embed) of that call, ``refined_items`` how many items it refined
-    (augmented views included) and ``inverted_items`` how many distinct faces it inverted.
+    (augmented views included; not those of groups out of memory), ``inverted_items`` how many
+    distinct faces it inverted and ``splits`` one line per refinement batch that ran out of
+    memory and was split (sizes only).
     """
 
     def __init__(
@@ -136,6 +156,7 @@ class Protector:
         self.stages = stages or torch_stages(model)
         self.timings: dict[str, float] = {}
         self.refined_items = self.inverted_items = 0
+        self.splits: list[str] = []
 
     def _keys(self, key: KeyLike | Sequence[KeyLike], n: int) -> list[SecretKey]:
         if isinstance(key, (SecretKey, bytes, bytearray, str)):
@@ -185,7 +206,27 @@ class Protector:
         on_step: StepCallback | None = None,
         latents: torch.Tensor | None = None,
     ) -> list[ProtectedFace]:
-        """Protect aligned faces; ``latents`` [B, n_latent, d] (from :meth:`invert`) skips the inversion."""
+        """Protect aligned faces; ``latents`` [B, n_latent, d] (from :meth:`invert`) skips the inversion.
+        Raises MemoryError when a group does not fit in memory even alone (see :meth:`protect_each`)."""
+        outcomes = self.protect_each(images, key, groups=groups, steps=steps, on_step=on_step, latents=latents)
+        faces = [o for o in outcomes if isinstance(o, ProtectedFace)]
+        for outcome in outcomes:
+            if isinstance(outcome, OutOfMemory):
+                raise MemoryError(outcome.message)
+        return faces
+
+    def protect_each(
+        self,
+        images: Sequence[np.ndarray],
+        key: KeyLike | Sequence[KeyLike],
+        *,
+        groups: Sequence[int] | None = None,
+        steps: int | None = None,
+        on_step: StepCallback | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> list[ProtectedFace | OutOfMemory]:
+        """:meth:`protect` for many users at once: each item's face, or :class:`OutOfMemory` for
+        the items of a group that does not fit in memory even alone; the other groups are unaffected."""
         images = list(images)
         if not images:
             raise ValueError("no images given")
@@ -228,46 +269,80 @@ class Protector:
         mix = mix_latents(w_real, w_key[index], self.config.mix_mode, self.config.identity_layers)
         trainable = mix.trainable.clone()
         traces: list[list[float]] = [[] for _ in source]
+        failed: dict[int, str] = {}  # refined item → the memory error of its group alone
         steps_run = int(steps)
+        self.splits = []
         with timer("refine"):
-            for chunk in self._chunks(all_groups):
-                part = mix.take(chunk)
-                result = refine_latents(
-                    part,
-                    all_x[chunk],
-                    all_groups[chunk],
-                    generator=model.generator,
-                    face_embedder=model.face_embedder,
-                    attribute_loss=self.attribute_loss,
-                    config=self.config,
-                    steps=int(steps),
-                    on_step=on_step,
-                )
+            pending = self._chunks(all_groups)
+            while pending:
+                chunk = pending.pop(0)
+                result = self._refine(mix.take(chunk), all_x[chunk], all_groups[chunk], int(steps), on_step)
+                if isinstance(result, str):
+                    halves = _halves(chunk, all_groups)
+                    if halves:
+                        self.splits.append(
+                            f"a refinement batch of {len(chunk)} items ran out of memory; retrying it as "
+                            f"{len(halves[0])} + {len(halves[1])} items: {result}"
+                        )
+                        pending[:0] = halves
+                    else:
+                        failed.update(dict.fromkeys(chunk.tolist(), result))
+                    continue
                 trainable[chunk] = result.trainable
                 for i, trace in zip(chunk.tolist(), result.loss_trace.T.cpu().tolist(), strict=True):
                     traces[i] = trace
                 steps_run = min(steps_run, result.steps_run)
                 if result.cancelled:
                     break
-        with torch.no_grad():
-            with timer("render"):
-                protected = stages.render(mix.assemble(trainable)[:n]).float()
-            with timer("embed"):
-                embeddings = stages.embed(torch.cat([fr_crop(protected), fr_crop(x)])).float()
-            templates, originals_emb = embeddings[:n], embeddings[n:]
-            similarity = (templates * originals_emb).sum(dim=1)
-        self.timings, self.refined_items = timer.seconds, len(source)
-        pictures = to_uint8(protected)
-        return [
-            ProtectedFace(
-                image=pictures[i],
-                template=templates[i].cpu().numpy(),
-                original_similarity=float(similarity[i]),
-                loss_trace=traces[i],
-                steps=steps_run,
+        done = [i for i in range(n) if i not in failed]
+        faces: dict[int, ProtectedFace] = {}
+        if done:
+            kept = torch.tensor(done, device=self.device)
+            with torch.no_grad():
+                with timer("render"):
+                    pixels = quantize(stages.render(mix.take(kept).assemble(trainable[kept])).float())
+                with timer("embed"):
+                    # the template of exactly the pixels returned, read back as any aligned face is
+                    returned = fr_crop(aligned_input(pixels))
+                    embeddings = stages.embed(torch.cat([returned, fr_crop(x[kept])])).float()
+                templates, originals_emb = embeddings[: len(done)], embeddings[len(done) :]
+                similarity = (templates * originals_emb).sum(dim=1)
+            pictures = pixels.permute(0, 2, 3, 1).cpu().numpy()
+            faces = {
+                i: ProtectedFace(
+                    image=pictures[k],
+                    template=templates[k].cpu().numpy(),
+                    original_similarity=float(similarity[k]),
+                    loss_trace=traces[i],
+                    steps=steps_run,
+                )
+                for k, i in enumerate(done)
+            }
+        self.timings, self.refined_items = timer.seconds, len(source) - len(failed)
+        return [faces[i] if i in faces else OutOfMemory(failed[i]) for i in range(n)]
+
+    def _refine(
+        self, mix: Mix, x: torch.Tensor, groups: torch.Tensor, steps: int, on_step: StepCallback | None
+    ) -> RefineResult | str:
+        """One refinement batch, or the message of the memory error it ran into."""
+        try:
+            return refine_latents(
+                mix,
+                x,
+                groups,
+                generator=self.model.generator,
+                face_embedder=self.model.face_embedder,
+                attribute_loss=self.attribute_loss,
+                config=self.config,
+                steps=steps,
+                on_step=on_step,
             )
-            for i in range(n)
-        ]
+        except MEMORY_ERRORS as exc:
+            message = str(exc)
+        # Only now are the failed step's frames, and the tensors they held, released.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return message
 
     def _invert(self, x: torch.Tensor, timer: _StageTimer) -> torch.Tensor:
         """W+ [B, n_latent, d] of the aligned faces ``x``, each distinct face inverted once."""
@@ -320,6 +395,18 @@ class Protector:
                 chunks.append([])
             chunks[-1] += items
         return [torch.tensor(c, device=groups.device) for c in chunks]
+
+
+def _halves(chunk: torch.Tensor, groups: torch.Tensor) -> list[torch.Tensor]:
+    """``chunk``'s items as two batches of whole groups (the first half of its groups, in order,
+    and the rest); none when the chunk is a single group."""
+    members = groups[chunk].tolist()
+    order = list(dict.fromkeys(members))
+    if len(order) < 2:
+        return []
+    first = set(order[: (len(order) + 1) // 2])
+    in_first = torch.tensor([g in first for g in members], device=chunk.device)
+    return [chunk[in_first], chunk[~in_first]]
 
 
 class _StageTimer:

@@ -69,6 +69,33 @@ def set_memory_format(modules: Iterable[nn.Module], channels_last: bool) -> None
                 tensor.data = tensor.data.contiguous(memory_format=memory_format)
 
 
+@contextlib.contextmanager
+def saved_tensor_budget(budget_mib: float, items: int) -> Iterator[None]:
+    """Raise MemoryError inside a forward pass once the tensors autograd saves for backward
+    (each storage counted once) exceed ``budget_mib`` (ProtectConfig.memory_budget_mib; 0: none)."""
+    if not budget_mib:
+        yield
+        return
+    limit = budget_mib * 2**20
+    counted: set[int] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in counted:
+            counted.add(storage.data_ptr())
+            total += storage.nbytes()
+            if total > limit:
+                raise MemoryError(
+                    f"refinement of {items} items needs more than {budget_mib:g} MiB of activations (memory_budget_mib)"
+                )
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield
+
+
 def step_losses(
     param: torch.Tensor,
     mix: Mix,
@@ -117,7 +144,8 @@ def refine_latents(
 ) -> RefineResult:
     """Refine the trainable rows of ``mix`` for the aligned originals ``x`` [B, 3, 256, 256].
 
-    ``groups`` [B] (int64) marks the items that are one person under one key.
+    ``groups`` [B] (int64) marks the items that are one person under one key. A batch that does not
+    fit raises MemoryError (past ``config.memory_budget_mib``) or the device's OutOfMemoryError.
     """
     device = x.device
     if config.channels_last:
@@ -134,7 +162,7 @@ def refine_latents(
     loss_trace, cos_trace, group_trace = [], [], []
     cancelled = False
     for step in range(steps):
-        with precision_context(device, config.precision):
+        with precision_context(device, config.precision), saved_tensor_budget(config.memory_budget_mib, x.shape[0]):
             per_item, cos, group_term = losses(
                 param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config
             )

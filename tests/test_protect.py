@@ -19,7 +19,7 @@ from anonymixer.images import to_uint8
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import E4EFeatureLoss, resize
 from anonymixer.mixing import mix_latents
-from anonymixer.protect import Protector, image_tensor
+from anonymixer.protect import OutOfMemory, Protector, image_tensor
 from anonymixer.refine import refine_latents
 from tests.conftest import MOBILEFACENET, REPO, need
 
@@ -96,7 +96,9 @@ def test_different_keys_with_the_real_face_embedder(tmp_path: Path) -> None:
         f"{a.original_similarity:.3f}, {b.original_similarity:.3f}"
     )
     assert cosine < 0.85
-    assert abs(a.original_similarity) < 0.1 and abs(b.original_similarity) < 0.1
+    # The similarity is that of the returned picture; the refinement drives the unclamped render's
+    # to ~0, and the random tiny generator renders a quarter of its pixels outside [-1, 1].
+    assert abs(a.original_similarity) < 0.25 and abs(b.original_similarity) < 0.25
 
 
 def test_refinement_reduces_similarity_and_group_spread(protector: Protector) -> None:
@@ -111,7 +113,9 @@ def test_refinement_reduces_similarity_and_group_spread(protector: Protector) ->
         return float(np.mean([np.linalg.norm(t[i] - t[j]) for i in range(3) for j in range(i + 1, 3)]))
 
     print(f"mean |cos| to original: {sim0:.3f} → {sim50:.3f}; group spread {spread(before):.3f} → {spread(after):.3f}")
-    assert sim50 < 0.25 * sim0
+    # measured on the returned (clamped) pictures: the random tiny generator clips a quarter of its
+    # pixels, which the refinement's losses do not see, so the gauge falls less than the loss does
+    assert sim50 < 0.75 * sim0
     assert spread(after) < spread(before)
     assert len(after[0].loss_trace) == 50 and after[0].loss_trace[-1] < after[0].loss_trace[0]
 
@@ -218,6 +222,57 @@ def test_bundle_json_algorithm_section_configures(tmp_path: Path, tiny_bundle_di
 def test_template_of_an_aligned_face(protector: Protector) -> None:
     t = protector.template(faces(1)[0])
     assert t.shape == (128,) and abs(np.linalg.norm(t) - 1) < 1e-5
+
+
+def test_template_and_similarity_are_those_of_the_returned_pixels(protector: Protector) -> None:
+    # the tiny generator renders far outside [-1, 1]: the clamped, quantised picture is another face
+    images = faces(2, seed=12)
+    for face, original in zip(protector.protect(images, b"k", steps=3), images, strict=True):
+        returned = protector.template(face.image)
+        assert float(returned @ face.template) >= 0.9999
+        assert abs(face.original_similarity - float(returned @ protector.template(original))) < 1e-4
+
+
+def assert_same_faces(a, b) -> None:
+    """Equal up to the float rounding that batch composition changes on the CPU."""
+    assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
+    np.testing.assert_allclose(a.template, b.template, atol=2e-3)
+    assert abs(a.original_similarity - b.original_similarity) < 2e-3
+
+
+def test_out_of_memory_splits_the_batch_and_fails_only_the_group_that_cannot_fit(tiny_bundle_dir: Path) -> None:
+    model = bundle.load(tiny_bundle_dir)
+    images = faces(6, seed=13)
+    groups = [0, 1, 1, 1, 2, 3]
+    keys = [b"k0", b"k1", b"k1", b"k1", b"k2", b"k3"]
+    free = Protector(model, ProtectConfig(views=0)).protect(images, keys, groups=groups, steps=3)
+    # A tiny step saves ~3.7 MiB of weights and ~17.4 MiB per item for backward: 45 fits two items, not three.
+    tight = Protector(model, ProtectConfig(views=0, memory_budget_mib=45))
+    outcomes = tight.protect_each(images, keys, groups=groups, steps=3)
+    assert [isinstance(o, OutOfMemory) for o in outcomes] == [False, True, True, True, False, False]
+    message = "refinement of 3 items needs more than 45 MiB of activations (memory_budget_mib)"
+    assert all(o.message == message for o in outcomes[1:4])
+    # 6 items → groups {0, 1} (4 items) + {2, 3}; then {0} + {1}, and {1} alone is out of memory
+    assert [s.split(":")[0] for s in tight.splits] == [
+        "a refinement batch of 6 items ran out of memory; retrying it as 4 + 2 items",
+        "a refinement batch of 4 items ran out of memory; retrying it as 1 + 3 items",
+    ]
+    assert tight.refined_items == 3
+    for i in (0, 4, 5):
+        assert_same_faces(outcomes[i], free[i])
+    with pytest.raises(MemoryError, match=r"^refinement of 3 items needs more than 45 MiB"):
+        tight.protect(images, keys, groups=groups, steps=3)
+
+    nothing_fits = Protector(model, ProtectConfig(views=0, memory_budget_mib=10))
+    assert all(isinstance(o, OutOfMemory) for o in nothing_fits.protect_each(images, keys, groups=groups, steps=1))
+    assert nothing_fits.refined_items == 0 and "render" not in nothing_fits.timings
+
+
+def test_memory_budget_is_checked() -> None:
+    with pytest.raises(ValueError, match="memory_budget_mib must be ≥ 0"):
+        ProtectConfig(memory_budget_mib=-1)
+    with pytest.raises(ValueError, match="memory_budget_mib needs compile 'off'"):
+        ProtectConfig(memory_budget_mib=64, compile="default")
 
 
 def test_refinement_in_chunks_equals_one_batch_and_keeps_groups_whole(tiny_bundle_dir: Path) -> None:
