@@ -143,7 +143,7 @@ def load_photos(
             {
                 "file": row["file"],
                 "person": row["identity"],
-                "aligned": align_face(image, face, 256, framing)[0],
+                "aligned": align_face(photo, face, 256, framing)[0],
                 "fr": fr_face,
             }
         )

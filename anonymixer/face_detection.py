@@ -202,9 +202,51 @@ def shrink_for_detection(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, 
     scale = min(1.0, max_side / max(h, w))
     if scale == 1:
         return photo, 1.0
-    image = torch.tensor(photo).permute(2, 0, 1)[None].float()
-    small = F.interpolate(image, size=(round(h * scale), round(w * scale)), mode="area")
-    return small[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(), scale
+    # At least one pixel: the short side of a 16 × 100 000 photo would round to none.
+    return area_resize(photo, max(1, round(h * scale)), max(1, round(w * scale))), scale
+
+
+AREA_CHUNK_PIXELS = 1 << 18  # photo pixels summed at a time: the int64 temporaries stay near 6 MB
+
+
+def area_resize(photo: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, C] → uint8 [height, width, C] by area averaging, the cells and the float32
+    arithmetic of ``F.interpolate(mode="area")`` (adaptive average pooling), computed from exact
+    integer sums over bands of rows: a 40 M pixel photo is never a float array (480 MB)."""
+    h, w, c = photo.shape
+    y0, y1 = pool_cells(h, height)
+    x0, x1 = pool_cells(w, width)
+    rows = max(1, AREA_CHUNK_PIXELS // w)
+    cell_w = (x1 - x0).astype(np.float32)[:, None]
+    out = np.empty((height, width, c), np.uint8)
+    first = 0
+    while first < height:
+        # the output rows whose cells fit in ``rows`` photo rows (at least one)
+        last = max(first + 1, int(np.searchsorted(y1, y0[first] + rows, side="right")))
+        top, bottom = y0[first], y1[last - 1]
+        chunks = [photo[r : min(r + rows, bottom)] for r in range(top, bottom, rows)]
+        columns = np.concatenate([column_sums(chunk, x0, x1) for chunk in chunks])
+        running = np.concatenate([np.zeros((1, width, c), np.int64), np.cumsum(columns, axis=0)])
+        sums = running[y1[first:last] - top] - running[y0[first:last] - top]
+        cell_h = (y1 - y0)[first:last].astype(np.float32)[:, None, None]
+        # Integer sums below 2^24 are exact in float32, and torch divides by the height, then the width.
+        out[first:last] = np.clip(np.round(sums.astype(np.float32) / cell_h / cell_w), 0, 255)
+        first = last
+    return out
+
+
+def pool_cells(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each of ``out`` adaptive-pooling cells over ``size`` pixels
+    (neighbouring cells share a pixel when ``size / out`` is not whole)."""
+    i = np.arange(out)
+    return (i * size) // out, -((-(i + 1) * size) // out)
+
+
+def column_sums(rows: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Sums of ``rows`` [n, W, C] over the column cells [x0, x1): int64 [n, cells, C]."""
+    running = np.cumsum(rows, axis=1, dtype=np.int64)
+    before = np.where((x0 > 0)[:, None], running[:, np.maximum(x0 - 1, 0)], 0)
+    return running[:, x1 - 1] - before
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

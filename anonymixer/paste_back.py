@@ -78,16 +78,32 @@ def footprint(corners: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, in
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
+def mask_box(
+    matrix: np.ndarray, mask: FaceMask, aligned_size: int, shape: tuple[int, ...]
+) -> tuple[int, int, int, int] | None:
+    """The photo box a face's mask can touch (see :func:`footprint`); None when it misses the photo."""
+    return footprint(apply(invert(matrix), mask.bounds(aligned_size)), shape)
+
+
 def mask_region(
     matrix: np.ndarray, mask: FaceMask, aligned_size: int, shape: tuple[int, ...]
 ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
     """The photo box a face's mask can touch, the aligned-frame coordinates [h, w, 2] of its
     pixels and the mask there [h, w]; None when the mask misses the photo."""
-    box = footprint(apply(invert(matrix), mask.bounds(aligned_size)), shape)
+    box = mask_box(matrix, mask, aligned_size, shape)
     if box is None:
         return None
     uv = map_pixels(matrix, *box)
     return box, uv, mask.alpha(uv[..., 0], uv[..., 1], aligned_size)
+
+
+STRIP_PIXELS = 1 << 18  # photo pixels pasted or blurred at a time: ~60 bytes of temporaries each
+
+
+def strips(y0: int, y1: int, width: int) -> list[tuple[int, int]]:
+    """Bands of rows [top, bottom) of [y0, y1) holding at most STRIP_PIXELS pixels of ``width`` (≥ 1 row)."""
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    return [(top, min(top + rows, y1)) for top in range(y0, y1, rows)]
 
 
 def colour_shift(face: np.ndarray, original: np.ndarray, mask: FaceMask) -> np.ndarray:
@@ -115,19 +131,25 @@ def paste_face(
 ) -> None:
     """Blend ``face`` (uint8 [R, R, 3], the aligned frame at any resolution) into ``photo`` (uint8
     [H, W, 3], changed in place) through ``matrix`` (photo → aligned frame of ``aligned_size``)."""
-    region = mask_region(matrix, mask, aligned_size, photo.shape)
-    if region is None or not (region[2] > 0).any():
+    box = mask_box(matrix, mask, aligned_size, photo.shape)
+    if box is None:
         return
-    (x0, y0, x1, y1), uv, alpha = region
-    # The face image spans the aligned frame exactly, so its normalised coordinate is 2(u+½)/A − 1
-    # whatever its resolution.
-    grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1)[None]).float()
+    x0, y0, x1, y1 = box
     src = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float()
-    sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    sampled = sampled[0].permute(1, 2, 0).numpy()
-    if shift is not None:
-        sampled = sampled + shift
-    blend(photo[y0:y1, x0:x1], sampled, alpha)
+    # Band by band: a face filling a 40 M pixel photo would need gigabytes of coordinates at once.
+    for top, bottom in strips(y0, y1, x1 - x0):
+        uv = map_pixels(matrix, x0, top, x1, bottom)
+        alpha = mask.alpha(uv[..., 0], uv[..., 1], aligned_size)
+        if not (alpha > 0).any():
+            continue
+        # The face image spans the aligned frame exactly, so its normalised coordinate is 2(u+½)/A − 1
+        # whatever its resolution.
+        grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1)[None]).float()
+        sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = sampled[0].permute(1, 2, 0).numpy()
+        if shift is not None:
+            sampled = sampled + shift
+        blend(photo[top:bottom, x0:x1], sampled, alpha)
 
 
 def blur_face(photo: np.ndarray, box: np.ndarray, feather: float = 0.2, margin: float = 0.15) -> None:
@@ -146,7 +168,8 @@ def blur_face(photo: np.ndarray, box: np.ndarray, feather: float = 0.2, margin: 
     # Blur a window a little larger than the ellipse so its edge sees real neighbours, not padding.
     wx0, wy0 = max(x0 - pad, 0), max(y0 - pad, 0)
     window = Image.fromarray(photo[wy0 : min(y1_ + pad, photo.shape[0]), wx0 : min(x1_ + pad, photo.shape[1])])
-    blurred = np.asarray(window.filter(ImageFilter.GaussianBlur(radius)), np.float32)
-    blurred = blurred[y0 - wy0 : y1_ - wy0, x0 - wx0 : x1_ - wx0]
-    ys, xs = np.mgrid[y0:y1_, x0:x1_]
-    blend(photo[y0:y1_, x0:x1_], blurred, soft_edge(np.hypot((xs - cx) / (w / 2), (ys - cy) / (h / 2)), feather))
+    blurred = np.asarray(window.filter(ImageFilter.GaussianBlur(radius)))
+    for top, bottom in strips(y0, y1_, x1_ - x0):
+        ys, xs = np.mgrid[top:bottom, x0:x1_]
+        alpha = soft_edge(np.hypot((xs - cx) / (w / 2), (ys - cy) / (h / 2)), feather)
+        blend(photo[top:bottom, x0:x1_], blurred[top - wy0 : bottom - wy0, x0 - wx0 : x1_ - wx0], alpha)

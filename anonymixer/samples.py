@@ -47,7 +47,7 @@ def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256, fra
     rows = detector.detect(photo)
     if not len(rows):
         return None
-    return align_face(torch.tensor(photo).permute(2, 0, 1).float(), largest_face(rows), size, framing)[0]
+    return align_face(photo, largest_face(rows), size, framing)[0]
 
 
 @torch.no_grad()

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from anonymixer.alignment import FRAMINGS, align, framing_template
+from anonymixer.alignment import FRAMINGS, framing_template, template_transform, warp_photo
 from anonymixer.config import config_from_dict
 from anonymixer.keys import SecretKey
 from anonymixer.paste_back import FaceMask, blur_face, colour_shift, paste_face
@@ -93,12 +92,12 @@ def face_key(key: SecretKey, index: int) -> SecretKey:
 
 
 def align_face(
-    image: torch.Tensor, detection: np.ndarray, size: int, framing: str = "e4e"
+    photo: np.ndarray, detection: np.ndarray, size: int, framing: str = "e4e"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A detected face of ``image`` (float [3, H, W], 0–255) aligned to ``framing``'s template:
-    uint8 [size, size, 3] and its photo → aligned transform."""
-    crop, matrix = align(image, detection[5:].reshape(5, 2), framing_template(framing), size, 256)
-    return crop.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(), matrix
+    """A detected face of ``photo`` (uint8 [H, W, 3]) aligned to ``framing``'s template: uint8
+    [size, size, 3] and its photo → aligned transform."""
+    matrix = template_transform(detection[5:].reshape(5, 2), framing_template(framing), size, 256)
+    return np.clip(np.round(warp_photo(photo, matrix, size, size)), 0, 255).astype(np.uint8), matrix
 
 
 def plan_faces(photo: np.ndarray, detections: np.ndarray, key: SecretKey, config: SceneConfig) -> list[SceneFace]:
@@ -107,13 +106,12 @@ def plan_faces(photo: np.ndarray, detections: np.ndarray, key: SecretKey, config
     large = np.flatnonzero(sides >= config.min_face)
     chosen = set(large[np.argsort(-sides[large], kind="stable")][: config.max_faces].tolist())
     small_action = "blurred" if config.small_faces == "blur" else "kept"
-    image = torch.tensor(photo).permute(2, 0, 1).float()
     faces = []
     for i, row in enumerate(detections):
         if i not in chosen:
             faces.append(SceneFace(row, small_action))
             continue
-        aligned, matrix = align_face(image, row, config.aligned_size, config.framing)
+        aligned, matrix = align_face(photo, row, config.aligned_size, config.framing)
         index = sum(1 for j in chosen if j < i)
         own = face_key(key, index) if config.face_keys == "per_face" else key
         faces.append(SceneFace(row, "protected", matrix, aligned, own))

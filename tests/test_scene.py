@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
 
-from anonymixer.alignment import E4E_TEMPLATE_256, apply, invert, map_pixels, similarity_transform, warp
-from anonymixer.face_detection import FaceDetector
+from anonymixer.alignment import (
+    E4E_TEMPLATE_256,
+    align,
+    apply,
+    framing_template,
+    invert,
+    map_pixels,
+    similarity_transform,
+    warp,
+)
+from anonymixer.face_detection import FaceDetector, shrink_for_detection
 from anonymixer.images import open_rgb
 from anonymixer.keys import SecretKey
-from anonymixer.paste_back import FaceMask, blur_face, colour_shift
+from anonymixer.paste_back import (
+    FaceMask,
+    blend,
+    blur_face,
+    colour_shift,
+    footprint,
+    mask_box,
+    mask_region,
+    soft_edge,
+    strips,
+)
 from anonymixer.samples import builtin_photos
-from anonymixer.scene import SceneConfig, face_key, plan_faces, protect_photo, to_protect
+from anonymixer.scene import SceneConfig, align_face, compose, face_key, plan_faces, protect_photo, to_protect
 from tests.conftest import FACES
 
 KEY = SecretKey(b"scene test key")
@@ -156,3 +180,103 @@ def test_the_ffhq_framing_and_its_mask(photo: np.ndarray, detector: FaceDetector
     assert ffhq.axes[0] < 0.65 * e4e.axes[0]  # eyes 64.5 px apart instead of 109
     with pytest.raises(ValueError, match="framing must be one of"):
         SceneConfig(framing="square")
+
+
+def peak_increase_mb(run: Callable[[], Any]) -> float:
+    """How far this process's peak RSS rises above its current RSS while ``run`` runs (Linux)."""
+
+    def kib(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) restarts from the current RSS
+    before = kib("VmRSS")
+    run()
+    return (kib("VmHWM") - before) / 1024
+
+
+def test_shrinking_for_detection_is_area_interpolation_without_a_float_photo(photo: np.ndarray) -> None:
+    for side in (1000, 701):  # whole and fractional cells
+        small, scale = shrink_for_detection(photo, side)
+        image = torch.tensor(photo).permute(2, 0, 1)[None].float()
+        reference = F.interpolate(image, size=small.shape[:2], mode="area")[0].round().permute(1, 2, 0).numpy()
+        assert max(small.shape) == side and scale == side / max(photo.shape[:2])
+        assert np.abs(small.astype(int) - reference).max() <= 1
+    wide = np.zeros((16, 100_000, 3), np.uint8)  # the short side rounds below one pixel
+    assert shrink_for_detection(wide, 1600)[0].shape == (1, 1600, 3) and len(FaceDetector().detect(wide)) == 0
+
+
+def test_alignment_reads_the_uint8_photo_like_the_float_warp(photo: np.ndarray, detector: FaceDetector) -> None:
+    detections = detector.detect(photo)
+    cut = np.ascontiguousarray(photo[:, int(detections[0, 0] + 0.4 * (detections[0, 2] - detections[0, 0])) :])
+    outside = 0
+    for image in (photo, cut):
+        reference_image = torch.tensor(image).permute(2, 0, 1).float()
+        for row in detector.detect(image):
+            for framing in ("e4e", "ffhq"):
+                aligned, matrix = align_face(image, row, 256, framing)
+                expected = align(reference_image, row[5:].reshape(5, 2), framing_template(framing), 256, 256)[0]
+                expected = expected.round().clamp(0, 255).permute(1, 2, 0).numpy()
+                assert np.abs(aligned.astype(int) - expected).max() <= 1
+                corners = apply(invert(matrix), np.array([[0, 0], [255, 255]]))
+                outside += bool(corners.min() < 0 or (corners.max(0) > np.array(image.shape[1::-1]) - 1).any())
+    assert outside  # the cut face's frame reaches past the photo's edge: the reflection was compared too
+
+
+def paste_in_one_pass(photo: np.ndarray, face: np.ndarray, matrix: np.ndarray, config: SceneConfig) -> None:
+    """The paste-back over the whole footprint at once (the float reference of the banded one)."""
+    mask = config.face_mask
+    shift = colour_shift(face, face, mask)  # zero: the "protected" face is the aligned one
+    (x0, y0, x1, y1), uv, alpha = mask_region(matrix, mask, config.aligned_size, photo.shape)
+    grid = torch.from_numpy((2 * (uv + 0.5) / config.aligned_size - 1)[None]).float()
+    src = torch.from_numpy(face).permute(2, 0, 1)[None].float()
+    sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    blend(photo[y0:y1, x0:x1], sampled[0].permute(1, 2, 0).numpy() + shift, alpha)
+
+
+def blur_in_one_pass(photo: np.ndarray, box: np.ndarray, feather: float = 0.2, margin: float = 0.15) -> None:
+    x1, y1, x2, y2 = box[:4]
+    w, h = (x2 - x1) * (1 + 2 * margin), (y2 - y1) * (1 + 2 * margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    x0, y0, x1_, y1_ = footprint(np.array([[cx - w / 2, cy - h / 2], [cx + w / 2, cy + h / 2]]), photo.shape)
+    radius = float(max(2.0, max(w, h) / 4))
+    pad = int(np.ceil(radius))
+    wx0, wy0 = max(x0 - pad, 0), max(y0 - pad, 0)
+    window = Image.fromarray(photo[wy0 : min(y1_ + pad, photo.shape[0]), wx0 : min(x1_ + pad, photo.shape[1])])
+    blurred = np.asarray(window.filter(ImageFilter.GaussianBlur(radius)), np.float32)[y0 - wy0 :, x0 - wx0 :]
+    ys, xs = np.mgrid[y0:y1_, x0:x1_]
+    alpha = soft_edge(np.hypot((xs - cx) / (w / 2), (ys - cy) / (h / 2)), feather)
+    blend(photo[y0:y1_, x0:x1_], blurred[: y1_ - y0, : x1_ - x0], alpha)
+
+
+def test_compose_in_bands_equals_one_pass_over_each_face(photo: np.ndarray, detector: FaceDetector) -> None:
+    config = SceneConfig(max_faces=1)  # one face pasted back, the others blurred
+    faces = plan_faces(photo, detector.detect(photo), KEY, config)
+    chosen = to_protect(faces)
+    assert len(chosen) == 1 and len(faces) > 1
+    box = mask_box(chosen[0].matrix, config.face_mask, config.aligned_size, photo.shape)
+    assert len(strips(box[1], box[3], box[2] - box[0])) > 1  # this face is pasted in several bands
+    result = compose(photo, faces, [f.aligned for f in chosen], config)
+    expected = photo.copy()
+    paste_in_one_pass(expected, chosen[0].aligned, chosen[0].matrix, config)
+    for face in faces:
+        if face.action == "blurred":
+            blur_in_one_pass(expected, face.detection)
+    assert np.array_equal(result, expected) and not np.array_equal(result, photo)
+
+
+def test_a_large_photo_is_never_turned_into_floats(photo: np.ndarray, detector: FaceDetector) -> None:
+    """Scene mode works on the uint8 photo and on face-sized pieces: 9× the photo (33 M pixels for
+    couple.jpg, faces of ~2000 px) adds far less than its float32 copy (4× its size) to the peak."""
+    big = np.repeat(np.repeat(photo, 3, axis=0), 3, axis=1)
+    detections = detector.detect(photo)
+    detections[:, :4], detections[:, 5:] = 3 * detections[:, :4] + 1, 3 * detections[:, 5:] + 1  # pixel centres
+    size = big.nbytes / 2**20
+    assert peak_increase_mb(lambda: shrink_for_detection(big, 1600)) < size / 4
+    config, faces = SceneConfig(), []
+    assert peak_increase_mb(lambda: faces.extend(plan_faces(big, detections, KEY, config))) < size / 10
+    protected = [f.aligned for f in to_protect(faces)]
+    assert protected
+    # compose returns a copy of the photo; the faces are pasted in bands of rows beside it
+    assert peak_increase_mb(lambda: compose(big, faces, protected, config)) < 1.25 * size
