@@ -2,12 +2,18 @@
 
     anonymixer serve [--repository DIR | --profile tiny|ffhq1024|mobile1024 [--weights DIR] [--generator-ir DIR]]
                      [--gpu] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002]
+                     [--health-port 8003] [--tritonserver PATH] [--tls-cert F --tls-key F [--tls-ca F]]
+                     [--api-key-file F] [--probe-interval S] [--probe-timeout S] [--max-restarts N]
     anonymixer demo  [--profile mobile1024|tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…]
                      [--pair PHOTO PHOTO] [--scenes PHOTO…] [--keys K1 K2] [--out out/demo]
 
 Bundles and repositories are built on first use and cached under ``build/cache`` by a hash of
 their content (the bundle's file hashes, the repository settings and this package's version), so
 a second start reuses them.
+
+``serve`` runs Triton under the supervisor (optimizer_backend.supervisor): a model whose stub
+process dies is reloaded on its own, ``/health/ready`` on the health port tells whether every model
+really serves, and the process exits 3 when a model cannot be brought back.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from anonymixer.face_detection import FaceDetector
 from anonymixer.images import save_grid
 from anonymixer.samples import aligned_face, builtin_photos, photos_from
 from optimizer_backend.decode import encode_png
-from optimizer_backend.server import EmbeddedTritonServer, serve_until_stopped
+from optimizer_backend.server import EmbeddedTritonServer
+from optimizer_backend.supervisor import SupervisorSettings
 
 CACHE = Path("build/cache")
 DEMO_KEYS = ("demo key A", "demo key B")
@@ -119,17 +126,72 @@ def _repository(args: argparse.Namespace) -> Path:
     return prepare_repository(prepare_bundle(args.profile, args.weights, generator_ir=args.generator_ir), gpu=args.gpu)
 
 
+def tls_args(cert: str | None, key: str | None, ca: str | None) -> tuple[str, ...]:
+    """Triton's gRPC TLS flags: TLS with the server's certificate, mutual when a CA is given
+    (then only clients holding a certificate that CA signed get through)."""
+    if not cert and not key and not ca:
+        return ()
+    if not cert or not key:
+        raise SystemExit("--tls-cert and --tls-key go together (the server's certificate and its key)")
+    for path in filter(None, (cert, key, ca)):
+        if not Path(path).is_file():
+            raise SystemExit(f"{path}: no such file")
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+    if ca:
+        args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={ca}"]
+    return tuple(args)
+
+
+def read_secret(path: str | None) -> str | None:
+    if not path:
+        return None
+    secret = Path(path).read_text().strip()
+    if not secret:
+        raise SystemExit(f"{path}: the API key file is empty")
+    return secret
+
+
 def serve(args: argparse.Namespace) -> int:
+    from optimizer_backend.supervisor import new_admin_key, restricted_api_args, serve_supervised
+
     repository = _repository(args)
     print_notice(repository)
+    tls = tls_args(args.tls_cert, args.tls_key, args.tls_ca)
+    api_key = read_secret(args.api_key_file)
+    admin_key = os.environ.get("ANONYMIXER_ADMIN_KEY") or new_admin_key()
     server = EmbeddedTritonServer(
         repository,
         host=args.host,
+        # Triton's HTTP has no TLS: with TLS on gRPC, HTTP (the supervisor's own channel) stays on loopback
+        http_host="127.0.0.1" if tls else args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
+        binary=args.tritonserver,
+        log_file=args.log_file,
+        extra_args=(
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            *restricted_api_args(admin_key, api_key),
+            *tls,
+            *args.triton_arg,
+        ),
     )
-    return serve_until_stopped(server, args.ready_timeout)
+    settings = SupervisorSettings(
+        probe_interval_s=args.probe_interval,
+        probe_timeout_s=args.probe_timeout,
+        max_restarts=args.max_restarts,
+        restart_window_s=args.restart_window,
+    )
+    return serve_supervised(
+        server,
+        admin_key,
+        ready_timeout_s=args.ready_timeout,
+        health_host=args.host,
+        health_port=args.health_port,
+        settings=settings,
+        api_key=api_key,
+    )
 
 
 def protect_over_grpc(
@@ -413,7 +475,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--health-port", type=int, default=8003, help="the supervisor's /health/ready and /health/live")
     s.add_argument("--ready-timeout", type=float, default=600.0)
+    s.add_argument("--log-file", default=None, help="Triton's log (default: tritonserver.log beside the repository)")
+    s.add_argument("--tritonserver", default=None, help="an installed tritonserver (default: nvidia-pytriton's)")
+    s.add_argument(
+        "--triton-arg", action="append", default=[], help="one more tritonserver flag (--triton-arg=--log-verbose=1)"
+    )
+    s.add_argument("--tls-cert", help="PEM certificate of the server: gRPC with TLS")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument("--tls-ca", help="PEM CA: mutual TLS, only clients with a certificate it signed get in")
+    s.add_argument("--api-key-file", help="a file holding the deployment's API key: inference needs header api-key")
+    defaults = SupervisorSettings()
+    s.add_argument("--probe-interval", type=float, default=defaults.probe_interval_s, help="seconds between probes")
+    s.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=defaults.probe_timeout_s,
+        help="a probe not answered within this marks the model wedged (it waits behind real work)",
+    )
+    s.add_argument("--max-restarts", type=int, default=defaults.max_restarts, help="per model within --restart-window")
+    s.add_argument("--restart-window", type=float, default=defaults.restart_window_s)
     s.set_defaults(run=serve)
     d = sub.choices["demo"]
     d.add_argument("--faces", nargs="*", default=[], help="photos or folders whose largest face is protected")

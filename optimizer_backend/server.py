@@ -81,6 +81,8 @@ class EmbeddedTritonServer:
         log_file: str | Path | None = None,
         cache_dir: str | Path | None = None,
         extra_args: tuple[str, ...] = (),
+        binary: str | Path | None = None,
+        http_host: str | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -90,6 +92,8 @@ class EmbeddedTritonServer:
         self.log_file = Path(log_file) if log_file else self.repository.parent / "tritonserver.log"
         self.cache_dir = Path(cache_dir) if cache_dir else self.repository.parent / ".triton"
         self.extra_args = extra_args
+        self.binary = Path(binary) if binary else None
+        self.http_host = host if http_host is None else http_host
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +102,7 @@ class EmbeddedTritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self._client_host}:{self.http_port}"
+        return f"http://{self._loopback(self.http_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -106,17 +110,27 @@ class EmbeddedTritonServer:
 
     @property
     def _client_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return self._loopback(self.host)
+
+    @staticmethod
+    def _loopback(host: str) -> str:
+        return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
     def command(self) -> list[str]:
-        server_dir, _ = pytriton_paths()
+        if self.binary is not None:  # an installed Triton (the NGC image) with its own backends
+            program = [str(self.binary), f"--model-repository={self.repository}"]
+        else:
+            server_dir, _ = pytriton_paths()
+            program = [
+                str(server_dir / "bin" / "tritonserver"),
+                f"--model-repository={self.repository}",
+                f"--backend-directory={backend_directory(self.cache_dir)}",
+            ]
         return [
-            str(server_dir / "bin" / "tritonserver"),
-            f"--model-repository={self.repository}",
-            f"--backend-directory={backend_directory(self.cache_dir)}",
+            *program,
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.http_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
@@ -126,9 +140,11 @@ class EmbeddedTritonServer:
         ]
 
     def environment(self) -> dict[str, str]:
-        _, libs = pytriton_paths()
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        if self.binary is not None:
+            return env
+        _, libs = pytriton_paths()
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
         return env
 
@@ -185,59 +201,3 @@ class EmbeddedTritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def serve_until_stopped(server: EmbeddedTritonServer, ready_timeout_s: float) -> int:
-    """Start, print the endpoints once ready, and run until Ctrl-C or SIGTERM; then stop cleanly."""
-
-    def terminate(*_: object) -> None:
-        raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
-
-    signal.signal(signal.SIGTERM, terminate)
-    server.start()
-    try:
-        server.wait_ready(ready_timeout_s)
-        print(
-            f"anonymixer ready on {server.repository}\n  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
-            f"  metrics {server.metrics_url}\n  log     {server.log_file}\nCtrl-C stops it.",
-            flush=True,
-        )
-        assert server.process is not None
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        server.stop()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m optimizer_backend.server --repository DIR``: serve until Ctrl-C or SIGTERM."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m optimizer_backend.server", description=main.__doc__)
-    parser.add_argument("--repository", required=True, help="a model repository (python -m exporter repository)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--log-file", default=None, help="default: tritonserver.log beside the repository")
-    parser.add_argument("--ready-timeout", type=float, default=300.0)
-    args = parser.parse_args(argv)
-    server = EmbeddedTritonServer(
-        args.repository,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        log_file=args.log_file,
-    )
-
-    return serve_until_stopped(server, args.ready_timeout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

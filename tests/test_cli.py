@@ -34,19 +34,15 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["optimizer_backend.cli", "serve"], ["optimizer_backend.server"]],
-    ids=["anonymixer serve", "python -m optimizer_backend.server"],
-)
-def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path, command: list[str]) -> None:
+def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path) -> None:
     repository = Path(shutil.copytree(triton_repository, tmp_path / "repository"))  # its own processes
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            *command,
+            "optimizer_backend.cli",
+            "serve",
             "--repository",
             str(repository),
             "--grpc-port",
@@ -55,6 +51,8 @@ def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path,
             str(ports[1]),
             "--metrics-port",
             str(ports[2]),
+            "--health-port",
+            str(ports[3]),
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,

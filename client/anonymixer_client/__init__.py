@@ -10,16 +10,19 @@ with AnonymixerClient("127.0.0.1:8001") as client:
 from anonymixer_client.aio import AsyncAnonymixerClient
 from anonymixer_client.client import AnonymixerClient
 from anonymixer_client.errors import (
+    AccessDeniedError,
     AnonymixerError,
     DeadlineExceededError,
     InvalidInputError,
     ModelNotReadyError,
+    ModelUnavailableError,
     NotServedError,
     ServerUnavailableError,
 )
 from anonymixer_client.types import DetectedFace, Key, ProtectedFace, ProtectedScene, Template, Verification
 
 __all__ = [
+    "AccessDeniedError",
     "AnonymixerClient",
     "AnonymixerError",
     "AsyncAnonymixerClient",
@@ -28,6 +31,7 @@ __all__ = [
     "InvalidInputError",
     "Key",
     "ModelNotReadyError",
+    "ModelUnavailableError",
     "NotServedError",
     "ProtectedFace",
     "ProtectedScene",

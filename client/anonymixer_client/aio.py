@@ -10,23 +10,25 @@ from typing import Any
 import tritonclient.grpc.aio as grpcaio
 
 from anonymixer_client.client import (
+    API_KEY_HEADER,
     DEFAULT_THRESHOLD,
     MODEL,
     build_inputs,
+    channel_args,
     enrolled,
     in_input_order,
     normalise_keys,
     parse_faces,
     plan_chunks,
-    retry_channel_args,
     verification,
 )
-from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, map_error
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
 from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
 
 
 class AsyncAnonymixerClient:
-    """``async with AsyncAnonymixerClient(url) as c: faces = await c.protect([...], key)``."""
+    """``async with AsyncAnonymixerClient(url) as c: faces = await c.protect([...], key)``; the
+    arguments mean what they mean for :class:`~anonymixer_client.AnonymixerClient`."""
 
     def __init__(
         self,
@@ -34,10 +36,15 @@ class AsyncAnonymixerClient:
         *,
         ssl: bool = False,
         root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        api_key: str | None = None,
         timeout_s: float = 300.0,
-        retries: int = 3,
+        retries: int = 30,
     ) -> None:
         self.url, self.ssl, self.root_certificates = url, ssl, root_certificates
+        self.private_key, self.certificate_chain = private_key, certificate_chain
+        self.headers = {API_KEY_HEADER: api_key} if api_key else None
         self.timeout_s, self.retries = timeout_s, retries
         self._client: Any = None
         self._max_batch: int | None = None
@@ -46,9 +53,11 @@ class AsyncAnonymixerClient:
         if self._client is None:
             self._client = grpcaio.InferenceServerClient(
                 self.url,
-                ssl=self.ssl,
+                ssl=self.ssl or bool(self.certificate_chain),
                 root_certificates=self.root_certificates,
-                channel_args=retry_channel_args(self.retries),
+                private_key=self.private_key,
+                certificate_chain=self.certificate_chain,
+                channel_args=channel_args(),
             )
         return self._client
 
@@ -65,7 +74,7 @@ class AsyncAnonymixerClient:
 
     async def _call(self, fn: Any, *args: Any, client_timeout: float | None = None, **kwargs: Any) -> Any:
         try:
-            return await fn(*args, client_timeout=client_timeout or self.timeout_s, **kwargs)
+            return await fn(*args, client_timeout=client_timeout or self.timeout_s, headers=self.headers, **kwargs)
         except Exception as exc:
             raise map_error(exc) from None
 
@@ -112,11 +121,19 @@ class AsyncAnonymixerClient:
                 None if groups is None else [groups[i] for i in chunk],
                 steps,
             )
-            try:
-                result = await self._grpc().infer(MODEL, inputs, client_timeout=self.timeout_s)
-            except Exception as exc:
-                raise map_error(exc, index=chunk) from None
-            return parse_faces(result)
+            budget = RetryBudget.start(self.timeout_s, self.retries)
+            while True:
+                try:
+                    result = await self._grpc().infer(
+                        MODEL, inputs, client_timeout=budget.remaining(), headers=self.headers
+                    )
+                    return parse_faces(result)
+                except Exception as exc:
+                    error = map_error(exc, index=chunk)
+                delay = budget.next_delay(error)
+                if delay is None:
+                    raise budget.final(error)
+                await asyncio.sleep(delay)
 
         parts = await asyncio.gather(*(one(c) for c in chunks))
         return in_input_order(chunks, list(parts))

@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
     parser.add_argument("--ssl", action="store_true")
     parser.add_argument("--root-certificates", help="PEM file of the CA that signed the server certificate")
+    parser.add_argument("--certificate", help="this client's PEM certificate (a server with mutual TLS)")
+    parser.add_argument("--private-key", help="the PEM private key of --certificate")
+    parser.add_argument("--api-key-file", help="a file holding the deployment's API key (sent as header api-key)")
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline per call, seconds (default 300)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text, concurrency, run in (
@@ -170,7 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
-    client = AnonymixerClient(args.url, ssl=args.ssl, timeout_s=args.timeout, root_certificates=args.root_certificates)
+    if bool(args.certificate) != bool(args.private_key):
+        print("error: --certificate and --private-key go together", file=sys.stderr)
+        return EXIT_USAGE
+    client = AnonymixerClient(
+        args.url,
+        ssl=args.ssl,
+        timeout_s=args.timeout,
+        root_certificates=args.root_certificates,
+        certificate_chain=args.certificate,
+        private_key=args.private_key,
+        api_key=Path(args.api_key_file).read_text().strip() if args.api_key_file else None,
+    )
     try:
         with client:
             return int(args.run(client, args))

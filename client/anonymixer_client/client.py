@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
-from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, map_error
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
 from anonymixer_client.metrics import ClientMetrics
 from anonymixer_client.types import (
     DetectedFace,
@@ -31,27 +30,17 @@ from anonymixer_client.types import (
 MODEL = "anonymixer"
 SCENE_MODEL = "anonymixer_scene"
 DEFAULT_THRESHOLD = 0.5  # cosine between protected templates; calibrate it on your data (issue 8's report)
+# anonymixer serve --api-key-file restricts inference to header api-key; Triton's gRPC endpoint
+# reads restricted-protocol headers under this prefix
+API_KEY_HEADER = "triton-grpc-protocol-api-key"
+T = TypeVar("T")
 
 
-def retry_channel_args(retries: int) -> list[tuple[str, Any]]:
-    """gRPC's own retry policy: retry UNAVAILABLE only, with exponential backoff."""
-    policy = {
-        "methodConfig": [
-            {
-                "name": [{"service": "inference.GRPCInferenceService"}],
-                "retryPolicy": {
-                    "maxAttempts": max(2, retries + 1),
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
+def channel_args() -> list[tuple[str, Any]]:
+    """Large messages (whole photos); no gRPC-level retries: the client retries retryable errors
+    itself, within each call's deadline (``RetryBudget``)."""
     return [
-        ("grpc.enable_retries", 1 if retries else 0),
-        ("grpc.service_config", json.dumps(policy)),
+        ("grpc.enable_retries", 0),
         ("grpc.max_send_message_length", 256 << 20),
         ("grpc.max_receive_message_length", 256 << 20),
     ]
@@ -150,8 +139,12 @@ def enrolled(faces: list[ProtectedFace]) -> Template:
 class AnonymixerClient:
     """Synchronous client. ``with AnonymixerClient("host:8001") as c: c.protect([...], key)``.
 
-    ``root_certificates`` is the path of a PEM file (the CA of a TLS server); ``timeout_s`` is the
-    deadline of every call; ``retries`` is how many times gRPC itself retries an UNAVAILABLE call.
+    ``root_certificates`` is the path of a PEM file (the CA of a TLS server); ``private_key`` and
+    ``certificate_chain`` are this client's PEM key and certificate for a server with mutual TLS;
+    ``api_key`` is sent as the ``api-key`` header (a server started with ``--api-key-file``).
+    ``timeout_s`` is the deadline of every call, retries included; a call that meets a retryable
+    error (``ServerUnavailableError``, ``ModelUnavailableError``: a model restarting) is tried
+    again with backoff, at most ``retries`` times, while its deadline allows.
     """
 
     def __init__(
@@ -160,12 +153,17 @@ class AnonymixerClient:
         *,
         ssl: bool = False,
         root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        api_key: str | None = None,
         timeout_s: float = 300.0,
-        retries: int = 3,
+        retries: int = 30,
         max_concurrency: int = 4,
         metrics: ClientMetrics | None = None,
     ) -> None:
         self.url, self.ssl, self.root_certificates = url, ssl, root_certificates
+        self.private_key, self.certificate_chain = private_key, certificate_chain
+        self.headers = {API_KEY_HEADER: api_key} if api_key else None
         self.timeout_s, self.retries, self.max_concurrency = timeout_s, retries, max_concurrency
         self.metrics = metrics
         self._client: Any = None
@@ -178,9 +176,11 @@ class AnonymixerClient:
             if self._client is None:
                 self._client = grpcclient.InferenceServerClient(
                     self.url,
-                    ssl=self.ssl,
+                    ssl=self.ssl or bool(self.certificate_chain),
                     root_certificates=self.root_certificates,
-                    channel_args=retry_channel_args(self.retries),
+                    private_key=self.private_key,
+                    certificate_chain=self.certificate_chain,
+                    channel_args=channel_args(),
                 )
             return self._client
 
@@ -198,9 +198,29 @@ class AnonymixerClient:
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, client_timeout=kwargs.pop("client_timeout", self.timeout_s), **kwargs)
+            return fn(
+                *args, client_timeout=kwargs.pop("client_timeout", self.timeout_s), headers=self.headers, **kwargs
+            )
         except Exception as exc:
             raise map_error(exc) from None
+
+    def _with_retries(self, method: str, items: int, sent: int, attempt: Callable[[float], T]) -> tuple[T, int]:
+        """``attempt(seconds left)`` until it succeeds or fails for good; (its result, retries made).
+        Every outcome is recorded once, with the retries it took."""
+        budget = RetryBudget.start(self.timeout_s, self.retries)
+        start = time.perf_counter()
+        while True:
+            try:
+                return attempt(budget.remaining()), budget.made
+            except AnonymixerError as error:
+                delay = budget.next_delay(error)
+                if delay is None:
+                    final = budget.final(error)
+                    self._record(method, type(final).__name__, items, start, sent, 0, budget.made)
+                    raise final from None
+            if self.metrics:
+                self.metrics.retries.inc()
+            time.sleep(delay)
 
     def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
         """Poll (with backoff) until the server and ``model`` are ready; a server may start later."""
@@ -223,20 +243,23 @@ class AnonymixerClient:
             delay = min(delay * 2, 5.0)
 
     def health(self) -> dict[str, Any]:
-        """Server and model readiness, versions and batch settings."""
+        """Server and service-model readiness, versions and batch settings. (The repository index is
+        not open to callers: ``anonymixer serve`` restricts it to its supervisor.)"""
         grpc = self._grpc()
         meta = self._call(grpc.get_server_metadata, as_json=True)
-        models = {
-            m["name"]: m.get("state", "")
-            for m in self._call(grpc.get_model_repository_index, as_json=True).get("models", [])
-        }
+        models = {}
+        for name in (MODEL, SCENE_MODEL):
+            try:
+                models[name] = "READY" if self._call(grpc.is_model_ready, name) else "UNAVAILABLE"
+            except AnonymixerError:
+                models[name] = "NOT SERVED"
         info: dict[str, Any] = {
             "server": meta.get("name"),
             "version": meta.get("version"),
             "ready": bool(self._call(grpc.is_server_ready)),
             "models": models,
         }
-        if MODEL in models:
+        if models[MODEL] == "READY":
             config = self._call(grpc.get_model_config, MODEL, as_json=True)["config"]
             info["max_batch_size"] = int(config.get("max_batch_size", 0))
             info["dynamic_batching"] = config.get("dynamic_batching", {})
@@ -273,21 +296,26 @@ class AnonymixerClient:
         inputs = build_inputs(
             grpcclient, images, [keys[i] for i in chunk], None if groups is None else [groups[i] for i in chunk], steps
         )
+        sent = sum(map(len, images))
+
+        def attempt(seconds: float) -> list[ProtectedFace]:
+            try:
+                result = self._grpc().infer(MODEL, inputs, client_timeout=seconds, headers=self.headers)
+            except Exception as exc:
+                raise map_error(exc, index=chunk) from None
+            return parse_faces(result)
+
         start = time.perf_counter()
-        try:
-            result = self._grpc().infer(MODEL, inputs, client_timeout=self.timeout_s)
-        except Exception as exc:
-            error = map_error(exc, index=chunk)
-            self._record("protect", type(error).__name__, len(chunk), start, sum(map(len, images)), 0)
-            raise error from None
-        faces = parse_faces(result)
+        faces, retries = self._with_retries("protect", len(chunk), sent, attempt)
         received = sum(len(f.png) + f.template.nbytes for f in faces)
-        self._record("protect", "ok", len(chunk), start, sum(map(len, images)), received)
+        self._record("protect", "ok", len(chunk), start, sent, received, retries)
         return faces
 
-    def _record(self, method: str, outcome: str, items: int, start: float, sent: int, received: int) -> None:
+    def _record(
+        self, method: str, outcome: str, items: int, start: float, sent: int, received: int, retries: int = 0
+    ) -> None:
         if self.metrics:
-            self.metrics.record(method, outcome, items, time.perf_counter() - start, sent, received)
+            self.metrics.record(method, outcome, items, time.perf_counter() - start, sent, received, retries)
 
     def enroll(self, images: Sequence[ImageLike], key: KeyLike) -> Template:
         """A person's photos (one group) → one template: the normalised mean of the protected templates."""
@@ -303,13 +331,16 @@ class AnonymixerClient:
         Raises ``NotServedError`` if the server has no scene model."""
         raw = encode_image(image)
         inputs = build_inputs(grpcclient, [raw], [Key.of(key).reveal()], None, steps)
+
+        def attempt(seconds: float) -> ProtectedScene:
+            try:
+                return parse_scene(
+                    self._grpc().infer(SCENE_MODEL, inputs, client_timeout=seconds, headers=self.headers)
+                )
+            except Exception as exc:
+                raise map_error(exc) from None
+
         start = time.perf_counter()
-        try:
-            result = self._grpc().infer(SCENE_MODEL, inputs, client_timeout=self.timeout_s)
-        except Exception as exc:
-            error = map_error(exc)
-            self._record("protect_scene", type(error).__name__, 1, start, len(raw), 0)
-            raise error from None
-        scene = parse_scene(result)
-        self._record("protect_scene", "ok", 1, start, len(raw), len(scene.data))
+        scene, retries = self._with_retries("protect_scene", 1, len(raw), attempt)
+        self._record("protect_scene", "ok", 1, start, len(raw), len(scene.data), retries)
         return scene

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass
 
 _ITEM = re.compile(r"\b(IMAGE|KEY|GROUP|STEPS) item (\d+): (.*)", re.S)
 
@@ -22,7 +24,17 @@ class InvalidInputError(AnonymixerError):
 
 
 class ServerUnavailableError(AnonymixerError):
-    """No server answered (after the retries)."""
+    """No server answered, or it answered UNAVAILABLE (retried within the call's deadline)."""
+
+
+class AccessDeniedError(AnonymixerError):
+    """The server refused this client: a missing or wrong API key (``api_key``). Not retried."""
+
+
+class ModelUnavailableError(AnonymixerError):
+    """The model's process died and the server's supervisor is bringing it back, or a model it
+    calls is down: Triton answers ``Stub process '…' is not healthy`` (INTERNAL) or the service
+    answers UNAVAILABLE. Retried within the call's deadline; raised only when that runs out."""
 
 
 class DeadlineExceededError(AnonymixerError):
@@ -41,6 +53,10 @@ def map_error(exc: Exception, index: list[int] | None = None) -> AnonymixerError
     """A tritonclient exception → a typed error; ``index`` maps a chunk's item numbers to the caller's."""
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = str(getattr(exc, "message", lambda: str(exc))() or exc)
+    if "protocol is restricted" in message or "API is restricted" in message:
+        return AccessDeniedError(message)
+    if "is not healthy" in message or ("UNAVAILABLE" in status and "unavailable, retry" in message):
+        return ModelUnavailableError(message)
     if "UNAVAILABLE" in status:
         return ServerUnavailableError(message)
     if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
@@ -60,3 +76,40 @@ def map_error(exc: Exception, index: list[int] | None = None) -> AnonymixerError
     if "not found" in message.lower() or "is not ready" in message.lower():
         return ModelNotReadyError(message)
     return AnonymixerError(f"{status}: {message}" if status else message)
+
+
+RETRYABLE = (ServerUnavailableError, ModelUnavailableError)
+
+
+@dataclass
+class RetryBudget:
+    """One call's retries: retryable errors are retried with exponential backoff (0.2 s doubling
+    to 5 s) while at most ``retries`` were made and the next try still starts before the deadline."""
+
+    deadline: float
+    retries: int
+    made: int = 0
+    delay: float = 0.2
+    last: AnonymixerError | None = None
+
+    @classmethod
+    def start(cls, timeout_s: float, retries: int) -> RetryBudget:
+        return cls(time.monotonic() + timeout_s, retries)
+
+    def final(self, error: AnonymixerError) -> AnonymixerError:
+        """What the caller sees: a deadline that ran out while retrying names the retried error."""
+        if isinstance(error, DeadlineExceededError) and self.last is not None:
+            return type(self.last)(f"{self.last} (tried {self.made + 1} times until the call's deadline)")
+        return error
+
+    def remaining(self) -> float:
+        return max(0.001, self.deadline - time.monotonic())
+
+    def next_delay(self, error: AnonymixerError) -> float | None:
+        """Seconds to wait before trying again, or None: give up and raise ``error``."""
+        if not isinstance(error, RETRYABLE) or self.made >= self.retries:
+            return None
+        if time.monotonic() + self.delay >= self.deadline:
+            return None
+        delay, self.delay, self.made, self.last = self.delay, min(self.delay * 2, 5.0), self.made + 1, error
+        return delay

@@ -25,12 +25,24 @@ class ClientMetrics:
             registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
-        self.retries = Counter(f"{namespace}_retries", "Readiness polls that had to wait", registry=registry)
+        self.retries = Counter(
+            f"{namespace}_retries", "Readiness polls that had to wait and calls tried again", registry=registry
+        )
+        self.retried_calls = Counter(
+            f"{namespace}_retried_calls",
+            "Calls that needed at least one retry, by method and final outcome",
+            ["method", "outcome"],
+            registry=registry,
+        )
         self.bytes_sent = Counter(f"{namespace}_bytes_sent", "Payload bytes sent", registry=registry)
         self.bytes_received = Counter(f"{namespace}_bytes_received", "Payload bytes received", registry=registry)
 
-    def record(self, method: str, outcome: str, items: int, seconds: float, sent: int, received: int) -> None:
+    def record(
+        self, method: str, outcome: str, items: int, seconds: float, sent: int, received: int, retries: int = 0
+    ) -> None:
         self.requests.labels(method, outcome).inc()
+        if retries:
+            self.retried_calls.labels(method, outcome).inc()
         self.items.labels(method, outcome).inc(items)
         self.latency.labels(method).observe(seconds)
         self.bytes_sent.inc(sent)
