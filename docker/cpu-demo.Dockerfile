@@ -18,5 +18,6 @@ RUN bash scripts/install.sh /opt/venv \
     && mkdir -p /app/build && chown 1000:1000 /app/build
 
 USER 1000:1000
-EXPOSE 8000 8001 8002
-CMD ["anonymixer", "serve", "--host", "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
+EXPOSE 8000 8001 8002 8003
+ENTRYPOINT ["anonymixer", "serve"]
+CMD ["--host=0.0.0.0", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--health-port=8003"]

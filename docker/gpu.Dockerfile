@@ -25,6 +25,8 @@ RUN pip install /src && rm -rf /src
 
 # triton-server (uid 1000) is the NGC image's own non-root user; k8s runs it with a read-only root.
 USER 1000:1000
-EXPOSE 8000 8001 8002
-ENTRYPOINT ["tritonserver"]
-CMD ["--model-repository=/models"]
+EXPOSE 8000 8001 8002 8003
+# The same launcher as everywhere (anonymixer serve): NGC's tritonserver under the supervisor, which
+# reloads a model whose stub died and serves /health/ready and /health/live on 8003.
+ENTRYPOINT ["anonymixer", "serve"]
+CMD ["--repository=/models", "--host=0.0.0.0", "--tritonserver=/opt/tritonserver/bin/tritonserver"]

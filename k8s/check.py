@@ -5,10 +5,12 @@
 Renders each overlay with ``kubectl kustomize`` (or ``kustomize build``), validates every built-in
 object against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict: unknown fields are
 errors) and the ServiceMonitor against the fields it must have, then applies this project's rules:
-probes, resources, non-root and read-only containers, the Python backend's /dev/shm, graceful
-termination, and that names agree across objects (HPA metric ↔ prometheus-adapter rule, probe and
-Service ports ↔ Triton's flags, ServiceMonitor ↔ Service, selectors ↔ pod labels, referenced
-Secrets/ConfigMaps/PVCs). Prints every problem; exits 1 if there is one. No cluster is contacted.
+the supervised launcher (``anonymixer serve``) and its health probes, mutual TLS for GPU
+(production) servers with its files from Secrets, resources, non-root and read-only containers, the
+Python backend's /dev/shm, graceful termination, and that names agree across objects (HPA metric ↔
+prometheus-adapter rule, probe and Service ports ↔ the launcher's flags, ServiceMonitor ↔ Service,
+selectors ↔ pod labels, referenced Secrets/ConfigMaps/PVCs). Prints every problem; exits 1 if there
+is one. No cluster is contacted.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ KUBERNETES_VERSION = "1.32.0"
 ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
 # Created by the operator (k8s/README.md), never committed: the salt and the TLS pair.
 EXTERNAL_SECRETS = {"anonymixer-secrets"}
-TRITON_PORT_FLAGS = {"http": "--http-port", "grpc": "--grpc-port", "metrics": "--metrics-port"}
+SERVER_PORT_FLAGS = {
+    "http": "--http-port",
+    "grpc": "--grpc-port",
+    "metrics": "--metrics-port",
+    "health": "--health-port",
+}
 SERVER = "triton"  # the serving container's name in every overlay
+LAUNCHER = ["anonymixer", "serve"]  # the one launcher: Triton under the supervisor (optimizer_backend/supervisor.py)
+PROBE_PATHS = {"startupProbe": "/health/ready", "readinessProbe": "/health/ready", "livenessProbe": "/health/live"}
+SECRET_FILE_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca", "--api-key-file")
+MUTUAL_TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
 
 Obj = dict[str, Any]
 
@@ -106,6 +117,18 @@ def flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
+def triton_args(args: list[str]) -> list[str]:
+    """The tritonserver flags the launcher passes on (``--triton-arg=FLAG``)."""
+    return [a.split("=", 1)[1] for a in args if a.startswith("--triton-arg=")]
+
+
+def mounted_from_secret(path: str, container: Obj, volumes: dict[str, Obj]) -> bool:
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/") and "secret" in volumes.get(mount["name"], {}):
+            return True
+    return False
+
+
 def lint_problems(objects: list[Obj]) -> list[str]:
     """Security and reliability rules for every workload."""
     problems = []
@@ -139,17 +162,27 @@ def lint_problems(objects: list[Obj]) -> list[str]:
         if server is None:
             problems.append(f"{where}: no container named {SERVER!r}")
             continue
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in PROBE_PATHS:
             if probe not in server:
                 problems.append(f"{where}: the server has no {probe}")
+        command = server.get("command", []) + server.get("args", [])
+        if command[:2] != LAUNCHER:
+            problems.append(f"{where}: the server must run {' '.join(LAUNCHER)} (supervised), not {command[:1]}")
+        for flag in SECRET_FILE_FLAGS:
+            path = flag_value(command, flag)
+            if path is not None and not mounted_from_secret(path, server, volumes):
+                problems.append(f"{where}: {flag} {path} is not mounted from a Secret")
         gpu_requests = server.get("resources", {}).get("requests", {}).get("nvidia.com/gpu")
         gpu_limits = server.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
         if gpu_requests != gpu_limits:
             problems.append(f"{where}: nvidia.com/gpu requests ({gpu_requests}) and limits ({gpu_limits}) differ")
+        missing_tls = [f for f in MUTUAL_TLS_FLAGS if flag_value(command, f) is None]
+        if gpu_limits and missing_tls:  # production: only clients holding a certificate the CA signed
+            problems.append(f"{where}: a production (GPU) server must use gRPC with mutual TLS; it lacks {missing_tls}")
         shm = next((m for m in server.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"), None)
         if shm is None or volumes.get(shm["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
             problems.append(f"{where}: /dev/shm must be a memory-backed emptyDir (the Python backend needs it)")
-        exit_timeout = flag_value(server.get("args", []), "--exit-timeout-secs")
+        exit_timeout = flag_value(triton_args(command), "--exit-timeout-secs")
         grace = spec.get("terminationGracePeriodSeconds", 30)
         if exit_timeout is not None and grace <= int(exit_timeout):
             problems.append(f"{where}: terminationGracePeriodSeconds {grace} ≤ --exit-timeout-secs {exit_timeout}")
@@ -179,7 +212,7 @@ def reference_problems(objects: list[Obj], adapter_metrics: set[str]) -> list[st
         server = next(c for c in spec["containers"] if c["name"] == SERVER)
         command = server.get("command", []) + server.get("args", [])
         ports = {p["name"]: p["containerPort"] for p in server.get("ports", [])}
-        for name, flag in TRITON_PORT_FLAGS.items():
+        for name, flag in SERVER_PORT_FLAGS.items():
             value = flag_value(command, flag)
             if value is None or ports.get(name) != int(value):
                 problems.append(f"{where}: container port {name}={ports.get(name)} but the server runs {flag} {value}")
@@ -188,7 +221,9 @@ def reference_problems(objects: list[Obj], adapter_metrics: set[str]) -> list[st
             port = probe.get("port")
             if port not in ports and port not in ports.values():
                 problems.append(f"{where}: {probe_name} uses port {port!r}, which the server does not expose")
-            expected = "/v2/health/live" if probe_name == "livenessProbe" else "/v2/health/ready"
+            expected = PROBE_PATHS[probe_name]
+            if port not in ("health", ports.get("health")):
+                problems.append(f"{where}: {probe_name} must use the supervisor's health port, not {port!r}")
             if probe.get("path") != expected:
                 problems.append(f"{where}: {probe_name} path {probe.get('path')!r}, expected {expected}")
         for volume in spec.get("volumes", []):

@@ -56,7 +56,8 @@ def test_gpu_overlay_asks_for_one_gpu_and_scales_on_queue_time_and_gpu_use(
     objects = rendered["gpu"]
     container = server(objects)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "--grpc-use-ssl=true" in container["args"] and "--allow-gpu-metrics=true" in container["args"]
+    assert "--tls-ca=/etc/anonymixer/tls/ca.crt" in container["args"]  # mutual TLS by default
+    assert "--triton-arg=--allow-gpu-metrics=true" in container["args"]
     hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
     names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
     assert names == ["anonymixer_queue_time_us_per_request", "anonymixer_gpu_utilization"]
@@ -81,20 +82,24 @@ def triton_flags() -> set[str]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_server_command_is_one_its_program_accepts(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """Every overlay runs the one supervised launcher; what it passes on to Triton is Triton's."""
+    from optimizer_backend.cli import build_parser
+
     container = server(rendered[overlay])
     command = container["command"] + container.get("args", [])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    if command[0] == "tritonserver":
-        known = triton_flags()
-        assert {"--model-repository", "--exit-timeout-secs", "--grpc-use-ssl"} <= known  # --help was read
-        assert [a.split("=")[0] for a in command[1:] if a.split("=")[0] not in known] == []
-    else:
-        from optimizer_backend.cli import build_parser
-
-        assert command[0] == "anonymixer"
-        args = build_parser().parse_args(command[1:])
-        assert args.command == "serve" and args.host == "0.0.0.0"  # reachable from the Service
-        assert (args.http_port, args.grpc_port, args.metrics_port) == (ports["http"], ports["grpc"], ports["metrics"])
+    assert command[:2] == ["anonymixer", "serve"]
+    args = build_parser().parse_args(command[1:])
+    assert args.host == "0.0.0.0"  # reachable from the Service
+    assert (args.http_port, args.grpc_port, args.metrics_port, args.health_port) == (
+        ports["http"],
+        ports["grpc"],
+        ports["metrics"],
+        ports["health"],
+    )
+    known = triton_flags()
+    assert {"--model-repository", "--exit-timeout-secs", "--grpc-use-ssl-mutual"} <= known  # --help was read
+    assert [a for a in check.triton_args(command) if a.split("=")[0] not in known] == []
 
 
 def test_object_store_overlay_fetches_the_repository_before_triton_starts(
@@ -150,9 +155,23 @@ def test_each_rule_catches_what_it_is_for(rendered: dict[str, list[dict[str, Any
             {"nvidia.com/gpu": "2"}
         ),
         "≤ --exit-timeout-secs 330": lambda o: pod(o).update(terminationGracePeriodSeconds=300),
-        "but the server runs --http-port 9000": lambda o: server(o)["args"].__setitem__(1, "--http-port=9000"),
-        "readinessProbe path '/v2/health/live'": lambda o: server(o)["readinessProbe"]["httpGet"].update(
-            path="/v2/health/live"
+        "but the server runs --http-port 9000": lambda o: server(o)["args"].__setitem__(
+            server(o)["args"].index("--http-port=8000"), "--http-port=9000"
+        ),
+        "readinessProbe path '/health/live'": lambda o: server(o)["readinessProbe"]["httpGet"].update(
+            path="/health/live"
+        ),
+        "livenessProbe must use the supervisor's health port": lambda o: server(o)["livenessProbe"]["httpGet"].update(
+            path="/v2/health/live", port="http"
+        ),
+        "must run anonymixer serve (supervised), not ['tritonserver']": lambda o: server(o).update(
+            command=["tritonserver"]
+        ),
+        "must use gRPC with mutual TLS; it lacks ['--tls-ca']": lambda o: server(o)["args"].remove(
+            "--tls-ca=/etc/anonymixer/tls/ca.crt"
+        ),
+        "--tls-key /tmp/tls.key is not mounted from a Secret": lambda o: server(o)["args"].__setitem__(
+            server(o)["args"].index("--tls-key=/etc/anonymixer/tls/tls.key"), "--tls-key=/tmp/tls.key"
         ),
         "is no prometheus-adapter rule's output": lambda o: hpa(o)["spec"]["metrics"][0]["pods"]["metric"].update(
             name="queue_time"
