@@ -1,15 +1,23 @@
 """The ``anonymixer`` Triton Python-backend model: the public entry of the service (DESIGN §4).
 
 Inputs per item: ``IMAGE`` (encoded aligned face), ``KEY`` (1–1024 bytes), optional ``GROUP``
-(INT64; items of one request with one group are one person, refined jointly) and ``STEPS``
-(INT32). Outputs: ``PROTECTED`` (PNG), ``TEMPLATE`` (FP32 [D]), ``ORIGINAL_SIMILARITY`` (FP32 [1]).
+(INT64; items of one request with one group are one person, refined jointly, so they must share
+their key and their STEPS) and ``STEPS`` (INT32). Outputs: ``PROTECTED`` (PNG), ``TEMPLATE`` (FP32
+[D]) and ``ORIGINAL_SIMILARITY`` (FP32 [1]), both of exactly the returned PNG's pixels.
 
 Every ``execute`` decodes and validates each request on its own (a bad request gets its own error,
 naming the input, item and reason), then refines the items of all good requests in one batch per
-distinct STEPS value. Network calls without gradients go to the exported models through BLS (or
-in-process torch: the ``*_via`` parameters); the refinement runs in torch on this instance's
-device. A request cancelled by its client is answered CANCELLED; the loop stops early once every
-request of the batch is cancelled. Keys are never logged.
+distinct STEPS value (a group never spans two). Network calls without gradients go to the exported
+models through BLS (or in-process torch: the ``*_via`` parameters); the refinement runs in torch on
+this instance's device. A request cancelled by its client is answered CANCELLED; the loop stops
+early once every request of the batch is cancelled. Keys are never logged.
+
+Failures reach only the requests they touch. A refinement batch out of memory (the device's, or the
+``memory_budget_mib`` of ``algorithm``) is split in halves, whole groups, and retried, each split
+logged as a warning; the requests of a group that does not fit even alone are answered INTERNAL
+``out of memory: …``. A failed BLS call to a network model answers the requests of its batch
+UNAVAILABLE ``<model>: a network model is unavailable, retry: …`` (clients retry UNAVAILABLE);
+any other error INTERNAL.
 
 A bundle without an encoder (``mobile1024``) inverts each distinct face by optimisation in this
 instance's torch (the ``invert`` stage of the metrics). A bundle and settings the core cannot
@@ -37,8 +45,8 @@ import torch
 from anonymixer import bundle
 from anonymixer.bundle import BundleError
 from anonymixer.config import ProtectConfig
-from anonymixer.protect import Protector
-from optimizer_backend.bls import STAGE_MODELS, build_stages
+from anonymixer.protect import OutOfMemory, ProtectedFace, Protector
+from optimizer_backend.bls import STAGE_MODELS, bls_error_in, build_stages
 from optimizer_backend.decode import DEFAULT_MAX_PIXELS, Item, ItemError, encode_png, parse_request
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
@@ -126,7 +134,7 @@ class TritonPythonModel:
                 return not owners <= cancelled
 
             try:
-                faces = self.protector.protect(
+                outcomes = self.protector.protect_each(
                     [parsed[r][j].image for r, j in members],
                     [parsed[r][j].key for r, j in members],
                     groups=[groups[m] for m in members],
@@ -135,16 +143,24 @@ class TritonPythonModel:
                 )
             except Exception as exc:  # a failure of this batch must not take the instance down
                 pb_utils.Logger.log_error(f"{self.name}: refinement failed: {type(exc).__name__}: {exc}")
+                message, reason, status = self._failure(exc)
                 for r in owners:
-                    responses[r] = responses[r] or self._error(
-                        f"internal error: {type(exc).__name__}", "internal", pb_utils.TritonError.INTERNAL
-                    )
+                    responses[r] = responses[r] or self._error(message, reason, status)
                 continue
+            for split in self.protector.splits:
+                pb_utils.Logger.log_warn(f"{self.name}: {split}")
             for stage, seconds in self.protector.timings.items():
                 self.metrics.stage(stage, seconds)
             self.metrics.batch.observe(self.protector.refined_items)
+            faces = [o for o in outcomes if isinstance(o, ProtectedFace)]
             self.metrics.steps.increment(faces[0].steps if faces else 0)
-            results.update(zip(members, faces, strict=True))
+            for (r, j), outcome in zip(members, outcomes, strict=True):
+                if isinstance(outcome, OutOfMemory):
+                    responses[r] = responses[r] or self._error(
+                        f"out of memory: {outcome.message}", "out_of_memory", pb_utils.TritonError.INTERNAL
+                    )
+                else:
+                    results[(r, j)] = outcome
 
         for r, items in parsed.items():
             if responses[r] is not None:
@@ -170,6 +186,14 @@ class TritonPythonModel:
             pb_utils.Tensor("TEMPLATE", templates),
             pb_utils.Tensor("ORIGINAL_SIMILARITY", similarity),
         ]
+
+    def _failure(self, exc: Exception) -> tuple[str, str, int]:
+        """(message, metrics reason, status) for the requests of a batch that raised ``exc``."""
+        bls = bls_error_in(exc)
+        if bls is not None:  # the network model may be back at the client's retry
+            message = f"{self.name}: a network model is unavailable, retry: {bls}"
+            return message, "network_unavailable", pb_utils.TritonError.UNAVAILABLE
+        return f"internal error: {type(exc).__name__}", "internal", pb_utils.TritonError.INTERNAL
 
     def _error(self, message: str, reason: str, status: int) -> Any:
         return error_response(self.name, self.metrics, message, reason, status)

@@ -32,6 +32,18 @@ class BLSError(RuntimeError):
     pass
 
 
+def bls_error_in(exc: BaseException) -> BLSError | None:
+    """The BLSError that ``exc`` is or was raised from (its cause or context chain), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BLSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def bls_call(model: str, inputs: list[Any], outputs: list[str], **kwargs: Any) -> Any:
     """One BLS request to ``model`` of this server; its error becomes a BLSError naming the model."""
     response = pb_utils.InferenceRequest(

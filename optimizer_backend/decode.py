@@ -147,9 +147,19 @@ def parse_request(
     ]
     first: dict[int, int] = {}
     for i, item in enumerate(items):
-        if item.group is not None and items[first.setdefault(item.group, i)].key != item.key:
+        if item.group is None:
+            continue
+        head = items[first.setdefault(item.group, i)]
+        if head.key != item.key:
             reason = f"shares group {item.group} with item {first[item.group]} but not its key (one person, one key)"
             raise ItemError("GROUP", i, reason, "group_key_conflict")
+        if head.steps != item.steps:
+            # a group is one refinement (its consistency term), so it runs one number of steps
+            reason = (
+                f"shares group {item.group} with item {first[item.group]} but not its STEPS "
+                f"({item.steps} vs {head.steps}; a group is refined jointly)"
+            )
+            raise ItemError("GROUP", i, reason, "group_steps_conflict")
     return items
 
 

@@ -134,9 +134,26 @@ def test_steps_and_groups_are_honoured(client) -> None:
     zero = protect(client, [FACE], [SECRET_KEYS[0]], steps=[0]).as_numpy("ORIGINAL_SIMILARITY")[0, 0]
     five = protect(client, [FACE], [SECRET_KEYS[0]], steps=[5]).as_numpy("ORIGINAL_SIMILARITY")[0, 0]
     assert abs(five) < abs(zero)
-    # group ids are scoped to their request: group 3 here is unrelated to group 3 of another request
-    mixed = protect(client, [FACE, FACE], [SECRET_KEYS[0], SECRET_KEYS[0]], groups=[3, 3], steps=[2, 4])
-    assert mixed.as_numpy("PROTECTED").shape == (2, 1)
+    # One person's photos in one group are refined jointly: the consistency term pulls their
+    # templates together, which the same photos refined as separate items lack.
+    images = [png(im) for im in faces(2, seed=13)]
+    keys = [SECRET_KEYS[0]] * 2
+    joint = protect(client, images, keys, groups=[3, 3], steps=[10, 10]).as_numpy("TEMPLATE")
+    apart = protect(client, images, keys, steps=[10, 10]).as_numpy("TEMPLATE")
+    joint_distance, apart_distance = (float(np.linalg.norm(t[0] - t[1])) for t in (joint, apart))
+    print(f"template distance within the group {joint_distance:.3f}, as separate items {apart_distance:.3f}")
+    assert joint_distance < 0.5 * apart_distance  # measured 0.035 vs 0.127
+
+
+def test_template_is_that_of_the_returned_png(client, tiny_bundle_dir: Path) -> None:
+    local = Protector(bundle.load(tiny_bundle_dir), ProtectConfig.from_dict(json.loads(TEST_ALGORITHM)))
+    images = faces(2, seed=14)
+    result = protect(client, [png(im) for im in images], list(SECRET_KEYS), steps=[3, 3])
+    for i, original in enumerate(images):
+        returned = local.template(np.asarray(Image.open(io.BytesIO(result.as_numpy("PROTECTED")[i, 0]))))
+        assert float(returned @ result.as_numpy("TEMPLATE")[i]) >= 0.9999
+        similarity = float(returned @ local.template(original))
+        assert abs(float(result.as_numpy("ORIGINAL_SIMILARITY")[i, 0]) - similarity) < 1e-3
 
 
 def _converted_equals_rgb(client, variant: bytes, rgb: np.ndarray) -> None:
@@ -195,6 +212,11 @@ BAD_REQUESTS = [
         "group key",
         lambda: request_inputs([FACE, FACE], list(SECRET_KEYS), groups=[1, 1]),
         r"GROUP item 1: shares group 1 with item 0 but not its key",
+    ),
+    (
+        "group steps",
+        lambda: request_inputs([FACE] * 3, [SECRET_KEYS[0]] * 3, groups=[3, 4, 3], steps=[2, 4, 4]),
+        r"^\[StatusCode.INVALID_ARGUMENT\] GROUP item 2: shares group 3 with item 0 but not its STEPS \(4 vs 2; ",
     ),
 ]
 
@@ -303,3 +325,63 @@ def test_overload_is_refused_fast(tiny_bundle_dir: Path, tmp_path: Path) -> None
         assert refused and served and all("queue" in e.lower() for e, _ in refused)
         assert max(t for _, t in refused) < min(served)  # refused at once, not after waiting
         assert c.is_server_ready()
+
+
+# One tiny refinement step saves ~3.7 MiB of weights and ~17.4 MiB per item for backward
+# (tests/test_protect.py): a 45 MiB budget fits a batch of two items, never a group of three.
+BUDGET_ALGORITHM = '{"steps": 2, "views": 0, "memory_budget_mib": 45}'
+
+
+@pytest.fixture(scope="module")
+def budget_server(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server with a memory budget, whose models can be unloaded (explicit model control)."""
+    folder = tmp_path_factory.mktemp("budget")
+    repository = build_test_repository(tiny_bundle_dir, folder / "repository", "--algorithm", BUDGET_ALGORITHM)
+    explicit = ("--model-control-mode=explicit", "--load-model=*")
+    with EmbeddedTritonServer(repository, extra_args=explicit) as server:
+        yield server
+
+
+def test_out_of_memory_splits_the_batch_and_fails_only_the_group_that_cannot_fit(
+    budget_server: EmbeddedTritonServer, client
+) -> None:
+    images = [png(im) for im in faces(4, seed=15)]
+    keys = [SECRET_KEYS[0]] * 3
+    with grpcclient.InferenceServerClient(budget_server.grpc_url) as c:
+        # 3 items (groups of 2 and 1) do not fit together: split and retried, nothing is lost
+        split = c.infer("anonymixer", request_inputs(images[:3], keys, groups=[1, 1, 2]), client_timeout=120)
+        unconstrained = protect(client, images[:3], keys, groups=[1, 1, 2], steps=[2] * 3)  # the session server
+        for i in range(3):
+            assert float(split.as_numpy("TEMPLATE")[i] @ unconstrained.as_numpy("TEMPLATE")[i]) >= 0.999
+        log = budget_server.log_file.read_text(errors="replace")
+        assert "a refinement batch of 3 items ran out of memory; retrying it as 2 + 1 items" in log
+
+        too_big = request_inputs(images[:3], keys, groups=[5, 5, 5])  # one group of three: never fits
+        fits = request_inputs(images[3:], [SECRET_KEYS[1]])
+        with ThreadPoolExecutor(3) as pool:  # sent together so that they can share an execute
+            futures = [pool.submit(c.infer, "anonymixer", r, client_timeout=120) for r in (fits, too_big, fits)]
+            with pytest.raises(InferenceServerException) as failed:
+                futures[1].result()
+            assert all(f.result().as_numpy("PROTECTED").shape == (1, 1) for f in (futures[0], futures[2]))
+        assert failed.value.status() == "StatusCode.INTERNAL"
+        assert failed.value.message() == (
+            "out of memory: refinement of 3 items needs more than 45 MiB of activations (memory_budget_mib)"
+        )
+        text = urllib.request.urlopen(budget_server.metrics_url, timeout=10).read().decode()
+        assert 'anonymixer_request_errors_total{model="anonymixer",reason="out_of_memory"} 1' in text
+        assert c.is_server_ready()
+
+
+def test_a_network_model_down_is_unavailable_not_internal(budget_server: EmbeddedTritonServer) -> None:
+    request = request_inputs([FACE], [SECRET_KEYS[0]], steps=[1])
+    with grpcclient.InferenceServerClient(budget_server.grpc_url) as c:
+        c.unload_model("stylegan2_mapping")
+        try:
+            with pytest.raises(InferenceServerException) as failed:
+                c.infer("anonymixer", request, client_timeout=120)
+        finally:
+            c.load_model("stylegan2_mapping")
+        assert failed.value.status() == "StatusCode.UNAVAILABLE"
+        message = failed.value.message()
+        assert message.startswith("anonymixer: a network model is unavailable, retry: stylegan2_mapping: ")
+        assert c.infer("anonymixer", request, client_timeout=120).as_numpy("PROTECTED").shape == (1, 1)  # the retry
