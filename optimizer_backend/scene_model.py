@@ -9,9 +9,15 @@ actions.
 
 Per ``execute``: decode every photo → detect (BLS to ``face_detector``) → plan and align the
 faces (anonymixer.scene) → protect all faces of all requests together (BLS to ``anonymixer``,
-in chunks of its max batch, one group per face) → paste back, blur small faces → encode. A bad
-request gets its own error; a failed protection fails the requests it served, never returning
-an unprotected face.
+in chunks of its max batch, one group per face) → paste back, blur small faces → encode.
+
+Failures reach only the requests they touch; a failed protection fails the requests it served,
+never returning an unprotected face. A bad input is INVALID_ARG (naming the item). A failed BLS
+call answers ``face detection failed: …`` or ``face protection failed: …``: UNAVAILABLE when the
+called model is down (its message says so: not ready, not found, unavailable, not healthy; clients
+retry UNAVAILABLE), else INTERNAL. Any other exception answers the requests it stopped INTERNAL
+``<model>: internal error while <stage>: <type>`` and is logged with its traceback (which holds
+code and messages, never a key).
 
 Parameters (``config.pbtxt``, strings): ``scene`` (JSON object of SceneConfig overrides),
 ``max_image_pixels`` (default 40 M), ``protect_max_batch`` (the ``anonymixer`` model's max
@@ -23,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -44,6 +51,16 @@ except ImportError:  # pragma: no cover
 DEFAULT_MAX_PHOTO_PIXELS = 40_000_000
 OUTPUT_FORMATS = ("png", "jpeg")
 INPUTS = ("IMAGE", "KEY", "STEPS")
+# What Triton says when a called model is down (unloaded, loading, crashed): worth the client's retry.
+MODEL_DOWN = ("is not healthy", "unavailable", "not ready", "not found")
+
+Plan = list[tuple[PhotoItem, list[SceneFace]]]
+Failure = tuple[str, str, int]  # message, metrics reason, status
+
+
+def model_down(exc: BLSError) -> bool:
+    message = str(exc).lower()
+    return any(sign in message for sign in MODEL_DOWN)
 
 
 def encode_photo(image: np.ndarray, fmt: str) -> bytes:
@@ -69,23 +86,13 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
-        plans: dict[int, list[tuple[PhotoItem, list[SceneFace]]]] = {}
+        plans: dict[int, Plan] = {}
         for r, request in enumerate(requests):
-            start = time.perf_counter()
-            try:
-                items = parse_scene_request(
-                    read_inputs(request, INPUTS), max_steps=self.max_steps, max_pixels=self.max_pixels
-                )
-                decoded = time.perf_counter()
-                self.metrics.stage("decode", decoded - start)
-                plans[r] = [
-                    (item, plan_faces(item.photo, self._detect(item.photo), item.key, self.config)) for item in items
-                ]
-                self.metrics.stage("detect", time.perf_counter() - decoded)
-            except ItemError as exc:
-                responses[r] = self._error(str(exc), exc.code, pb_utils.TritonError.INVALID_ARG)
-            except BLSError as exc:
-                responses[r] = self._error(f"face detection failed: {exc}", "internal", pb_utils.TritonError.INTERNAL)
+            plan = self._plan(request)
+            if isinstance(plan, list):
+                plans[r] = plan
+            else:
+                responses[r] = self._respond(plan)
 
         # Every face of every request, protected together (one group each), by STEPS value.
         by_steps: dict[int | None, list[tuple[int, SceneFace]]] = {}
@@ -93,35 +100,82 @@ class TritonPythonModel:
             for item, faces in plan:
                 by_steps.setdefault(item.steps, []).extend((r, face) for face in to_protect(faces))
         protected: dict[int, np.ndarray] = {}
-        failed: dict[int, str] = {}  # request → why its faces could not be protected
         start = time.perf_counter()
         for steps, group in by_steps.items():
             for first in range(0, len(group), self.protect_batch):
                 chunk = group[first : first + self.protect_batch]
+                stage = "protecting the faces"
                 try:
-                    images = self._protect([face for _, face in chunk], steps)
-                except BLSError as exc:
-                    pb_utils.Logger.log_error(f"{self.name}: protection failed: {exc}")
-                    failed.update((r, str(exc)) for r, _ in chunk)
+                    pngs = self._protect([face for _, face in chunk], steps)
+                    stage = "decoding the protected faces"
+                    images = [decode_image(png, i) for i, png in enumerate(pngs)]
+                except Exception as exc:  # the chunk's requests fail; the other chunks go on
+                    failure = self._failure("face protection" if isinstance(exc, BLSError) else stage, exc)
+                    for r in dict.fromkeys(r for r, _ in chunk):
+                        responses[r] = responses[r] or self._respond(failure)
                     continue
                 protected.update((id(face), image) for (_, face), image in zip(chunk, images, strict=True))
         self.metrics.stage("protect", time.perf_counter() - start)
 
         for r, plan in plans.items():
-            if r in failed:
-                responses[r] = self._error(
-                    f"face protection failed: {failed[r]}", "internal", pb_utils.TritonError.INTERNAL
-                )
-                continue
-            start = time.perf_counter()
+            if responses[r] is None:
+                responses[r] = self._compose(plan, protected)
+        return responses
+
+    def _plan(self, request: Any) -> Plan | Failure:
+        """The request's photos and their planned faces, or why it failed."""
+        start = time.perf_counter()
+        try:
+            items = parse_scene_request(
+                read_inputs(request, INPUTS), max_steps=self.max_steps, max_pixels=self.max_pixels
+            )
+        except ItemError as exc:
+            return str(exc), exc.code, pb_utils.TritonError.INVALID_ARG
+        except Exception as exc:
+            return self._failure("decoding the request", exc)
+        decoded = time.perf_counter()
+        self.metrics.stage("decode", decoded - start)
+        plan = []
+        for item in items:
+            stage = "detecting faces"
+            try:
+                detections = self._detect(item.photo)
+                stage = "planning the faces"
+                plan.append((item, plan_faces(item.photo, detections, item.key, self.config)))
+            except Exception as exc:
+                return self._failure("face detection" if isinstance(exc, BLSError) else stage, exc)
+        self.metrics.stage("detect", time.perf_counter() - decoded)
+        return plan
+
+    def _compose(self, plan: Plan, protected: dict[int, np.ndarray]) -> Any:
+        """The request's answer: its photos with their faces pasted back, or its error."""
+        start = time.perf_counter()
+        stage = "compositing the photo"
+        try:
             photos = [
                 compose(item.photo, faces, [protected[id(f)] for f in to_protect(faces)], self.config)
                 for item, faces in plan
             ]
-            responses[r] = pb_utils.InferenceResponse(output_tensors=self._outputs(photos, [f for _, f in plan]))
-            self.metrics.stage("compose", time.perf_counter() - start)
-            self.metrics.items.increment(sum(len(to_protect(faces)) for _, faces in plan))
-        return responses
+            stage = "encoding the output"
+            outputs = self._outputs(photos, [f for _, f in plan])
+        except Exception as exc:
+            return self._respond(self._failure(stage, exc))
+        self.metrics.stage("compose", time.perf_counter() - start)
+        self.metrics.items.increment(sum(len(to_protect(faces)) for _, faces in plan))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def _failure(self, stage: str, exc: Exception) -> Failure:
+        """The answer for the requests ``exc`` stopped: ``stage`` is what they were doing, or for a
+        BLSError the call that failed (``face detection``, ``face protection``)."""
+        if isinstance(exc, BLSError):
+            message = f"{stage} failed: {exc}"
+            pb_utils.Logger.log_error(f"{self.name}: {message}")
+            if model_down(exc):
+                return message, "unavailable", pb_utils.TritonError.UNAVAILABLE
+            return message, "internal", pb_utils.TritonError.INTERNAL
+        message = f"{self.name}: internal error while {stage}: {type(exc).__name__}"
+        pb_utils.Logger.log_error(f"{message}\n{traceback.format_exc()}")
+        return message, "internal", pb_utils.TritonError.INTERNAL
 
     def _detect(self, photo: np.ndarray) -> np.ndarray:
         # Shrink here, not in the detector: a 40 M pixel photo is 480 MB as FP32 in shared memory.
@@ -133,7 +187,8 @@ class TritonPythonModel:
         faces[:, 5:] /= scale
         return faces
 
-    def _protect(self, faces: list[SceneFace], steps: int | None) -> list[np.ndarray]:
+    def _protect(self, faces: list[SceneFace], steps: int | None) -> list[bytes]:
+        """The protected faces as the ``anonymixer`` model returns them (PNG)."""
         n = len(faces)
         inputs = [
             pb_utils.Tensor("IMAGE", np.array([[encode_png(f.aligned)] for f in faces], dtype=np.object_)),
@@ -143,7 +198,7 @@ class TritonPythonModel:
         if steps is not None:
             inputs.append(pb_utils.Tensor("STEPS", np.full((n, 1), steps, dtype=np.int32)))
         pngs = pb_utils.get_output_tensor_by_name(bls_call("anonymixer", inputs, ["PROTECTED"]), "PROTECTED").as_numpy()
-        return [decode_image(bytes(row[0]), i) for i, row in enumerate(pngs)]
+        return [bytes(row[0]) for row in pngs]
 
     def _outputs(self, photos: list[np.ndarray], plans: list[list[SceneFace]]) -> list[Any]:
         detections = pad_stack([[f.detection for f in faces] for faces in plans], (ROW,), np.float32)
@@ -155,5 +210,5 @@ class TritonPythonModel:
             pb_utils.Tensor("FACE_ACTIONS", actions),
         ]
 
-    def _error(self, message: str, reason: str, status: int) -> Any:
-        return error_response(self.name, self.metrics, message, reason, status)
+    def _respond(self, failure: Failure) -> Any:
+        return error_response(self.name, self.metrics, *failure)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from anonymixer.samples import builtin_photos
 from anonymixer_client import AnonymixerClient, InvalidInputError, Key, NotServedError
 from anonymixer_client.cli import main as client_main
 from anonymixer_client.errors import map_error
+from exporter.repository import read_config, write_config
 from optimizer_backend.server import EmbeddedTritonServer
 from tests.conftest import FACES, need
 from tests.test_anonymixer_server import png, request_inputs
@@ -143,3 +147,81 @@ def test_scene_cli_writes_protected_photos(
     assert record["output"] == "astronaut.protected.png" and [f["action"] for f in record["faces"]] == ["protected"]
     assert record["seconds"] > 0
     assert "cli scene key" not in (tmp_path / "out" / "results.jsonl").read_text()
+
+
+@pytest.fixture(scope="module")
+def jpeg_server(triton_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server whose scene model answers JPEG and waits 2 s to batch requests, its models loaded
+    and unloaded on demand (a model that is down, for real)."""
+    repository = Path(shutil.copytree(triton_repository, tmp_path_factory.mktemp("jpeg") / "repository"))
+    folder = repository / "anonymixer_scene"
+    config = read_config(folder / "config.pbtxt")
+    config.parameters["output_format"].string_value = "jpeg"
+    config.dynamic_batching.max_queue_delay_microseconds = 2_000_000
+    write_config(folder, config)
+    with EmbeddedTritonServer(repository, extra_args=("--model-control-mode=explicit", "--load-model=*")) as server:
+        yield server
+
+
+def scene_call(client: grpcclient.InferenceServerClient, photo: np.ndarray, key: bytes) -> object:
+    """The scene model's result for one photo, or the InferenceServerException it raised."""
+    try:
+        return client.infer("anonymixer_scene", request_inputs([png(photo)], [key], steps=[1]), client_timeout=180)
+    except InferenceServerException as exc:
+        return exc
+
+
+def executions(client: grpcclient.InferenceServerClient) -> tuple[int, int]:
+    (stats,) = client.get_inference_statistics("anonymixer_scene", as_json=True)["model_stats"]
+    return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
+
+
+def test_an_internal_error_fails_only_its_request(jpeg_server: EmbeddedTritonServer, portrait: np.ndarray) -> None:
+    """A photo 70 000 px wide passes every check but cannot be written as JPEG (65 500 px at most):
+    sent in one batch with a good photo, it gets an INTERNAL error and the good one its photo."""
+    wide = np.zeros((64, 70_000, 3), np.uint8)
+    keys = (b"isolation-good-key-4417", b"isolation-bad-key-9052")
+    with grpcclient.InferenceServerClient(jpeg_server.grpc_url) as c, ThreadPoolExecutor(2) as pool:
+        before = executions(c)
+        good, bad = pool.map(lambda job: scene_call(c, *job), [(portrait, keys[0]), (wide, keys[1])])
+        assert executions(c) == (before[0] + 1, before[1] + 2)  # both in one execute
+    assert not isinstance(good, Exception), good
+    assert np.asarray(Image.open(io.BytesIO(good.as_numpy("IMAGE")[0, 0]))).shape == portrait.shape
+    assert good.as_numpy("FACE_ACTIONS").tolist() == [[b"protected"]]
+    assert isinstance(bad, InferenceServerException) and bad.status() == "StatusCode.INTERNAL"
+    assert bad.message() == "anonymixer_scene: internal error while encoding the output: OSError"
+    log = jpeg_server.log_file.read_bytes()
+    # an error-level line with the traceback (Triton escapes the newlines of a log message)
+    assert re.search(rb"^E\d{4} .*internal error while encoding the output: OSError\\nTraceback", log, re.M)
+    assert not any(key in log for key in keys)
+
+
+def test_a_model_that_is_down_answers_unavailable(jpeg_server: EmbeddedTritonServer, portrait: np.ndarray) -> None:
+    """The scene model's BLS calls to an unloaded model: UNAVAILABLE (clients retry it) for the
+    requests that needed it; a photo without faces is still served; answered again once it is back."""
+    ramp = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    with grpcclient.InferenceServerClient(jpeg_server.grpc_url) as c:
+
+        def down(model: str) -> None:
+            c.unload_model(model)
+            deadline = time.monotonic() + 60
+            while c.is_model_ready(model) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+        try:
+            down("anonymixer")
+            with ThreadPoolExecutor(2) as pool:
+                face, no_face = pool.map(lambda photo: scene_call(c, photo, b"k"), [portrait, ramp])
+            assert isinstance(face, InferenceServerException) and face.status() == "StatusCode.UNAVAILABLE"
+            assert face.message().startswith("face protection failed: anonymixer:") and "not ready" in face.message()
+            assert not isinstance(no_face, Exception) and no_face.as_numpy("FACES").shape == (1, 0, 15)
+            c.load_model("anonymixer")
+            down("face_detector")
+            failed = scene_call(c, ramp, b"k")
+            assert isinstance(failed, InferenceServerException) and failed.status() == "StatusCode.UNAVAILABLE"
+            assert failed.message().startswith("face detection failed: face_detector:")
+        finally:
+            c.load_model("face_detector")
+            c.load_model("anonymixer")
+        served = scene_call(c, portrait, b"k")
+        assert not isinstance(served, Exception) and served.as_numpy("FACE_ACTIONS").tolist() == [[b"protected"]]
