@@ -50,7 +50,7 @@ from optimizer_backend.bls import STAGE_MODELS, bls_error_in, build_stages
 from optimizer_backend.decode import DEFAULT_MAX_PIXELS, Item, ItemError, encode_png, parse_request
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
-from optimizer_backend.responses import error_response, read_inputs
+from optimizer_backend.responses import error_response, probe_answer, read_inputs
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -99,12 +99,17 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [probe_answer(request) for request in requests]
         if self.unsupported is not None:
-            return [self._error(self.unsupported, "unsupported", pb_utils.TritonError.UNSUPPORTED) for _ in requests]
+            return [
+                answer or self._error(self.unsupported, "unsupported", pb_utils.TritonError.UNSUPPORTED)
+                for answer in responses
+            ]
         start = time.perf_counter()
-        responses: list[Any] = [None] * len(requests)
         parsed: dict[int, list[Item]] = {}
         for r, request in enumerate(requests):
+            if responses[r] is not None:
+                continue
             try:
                 parsed[r] = parse_request(
                     read_inputs(request, INPUTS), max_steps=self.protector.config.max_steps, max_pixels=self.max_pixels

@@ -16,6 +16,18 @@ except ImportError:  # pragma: no cover
     pb_utils = None
 
 
+# The request id of the supervisor's liveness probes (optimizer_backend/supervisor.py).
+PROBE_REQUEST_ID = "anonymixer-supervisor-probe"
+
+
+def probe_answer(request: Any) -> Any | None:
+    """The answer to a supervisor probe — it proves this stub runs ``execute`` — or None for any
+    other request. Probes are not logged or counted as errors: they come every few seconds."""
+    if request.request_id() != PROBE_REQUEST_ID:
+        return None
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError("alive", pb_utils.TritonError.INVALID_ARG))
+
+
 def read_inputs(request: Any, names: Iterable[str]) -> dict[str, np.ndarray | None]:
     """The request's inputs by name; None for an optional input it does not carry."""
     out = {}

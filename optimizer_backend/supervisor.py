@@ -9,11 +9,12 @@ supervisor, a thread of the launcher's process:
 - checks every ``check_interval_s`` that each Python model's stub processes (children of
   ``tritonserver``) are alive;
 - sends every model a cheap real inference every ``probe_interval_s``: zeros for a network
-  model, an empty ``IMAGE`` for the service models (they refuse it as ``IMAGE item 0`` before
-  any work). Two probes in a row answered with an unhealthy-stub error, or one not answered
-  within ``probe_timeout_s``, mark the model down; until then a failed probe makes it not
-  ready. The timeout is long by default because a probe waits in the model's queue behind real
-  work, which takes minutes on a CPU;
+  model; for the service models a request with the probe's id, which their ``execute`` answers
+  at once (``responses.probe_answer``: not logged, not counted as an error). Two probes in a
+  row answered with an unhealthy-stub error, or one not answered within ``probe_timeout_s``,
+  mark the model down; until then a failed probe makes it not ready. The timeout is long by
+  default because a probe waits in the model's queue behind real work, which takes minutes on a
+  CPU;
 - reloads a down model through the repository API with its own configuration plus a reload
   counter (``supervisor_reload``): Triton starts fresh stubs and swaps them in, the model's name
   never disappears, so callers only ever see a retryable error, and models that call it over
@@ -45,6 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from optimizer_backend.responses import PROBE_REQUEST_ID
 from optimizer_backend.server import EmbeddedTritonServer, ServerError
 
 RELOAD_PARAMETER = "supervisor_reload"
@@ -144,7 +146,7 @@ def probe_body(config: dict[str, Any]) -> dict[str, Any]:
             inputs.append({"name": spec["name"], "shape": dims, "datatype": "BYTES", "data": [""] * size})
         else:
             inputs.append({"name": spec["name"], "shape": dims, "datatype": PROBE_DTYPES[dtype], "data": [0] * size})
-    return {"inputs": inputs}
+    return {"id": PROBE_REQUEST_ID, "inputs": inputs}
 
 
 def probe_healthy(status: int, message: str) -> bool:

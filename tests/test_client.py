@@ -120,12 +120,20 @@ def test_waits_for_a_server_that_starts_later(triton_repository: Path, tmp_path:
     client = AnonymixerClient(f"127.0.0.1:{port}")
     waiter = threading.Thread(target=lambda: outcome.append(client.wait_until_ready(90) or "ready"))
     waiter.start()
-    time.sleep(2)  # the client is already polling a port nobody listens on
+    # a call made before the server exists: UNAVAILABLE, retried within its deadline until it answers
+    early = AnonymixerClient(f"127.0.0.1:{port}", timeout_s=120)
+    answered: list = []
+    caller = threading.Thread(target=lambda: answered.extend(early.protect([faces(1, seed=30)[0]], KEY, steps=1)))
+    caller.start()
+    time.sleep(2)  # both are already trying a port nobody listens on
     with EmbeddedTritonServer(repository, grpc_port=port):
         waiter.join(90)
+        caller.join(120)
         assert outcome == ["ready"]
+        assert len(answered) == 1 and answered[0].png.startswith(b"\x89PNG")
         assert client.health()["models"]["anonymixer"] == "READY"
     client.close()
+    early.close()
 
 
 def test_tls(triton_repository: Path, tmp_path: Path) -> None:
