@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import tritonclient.grpc.aio as grpcaio
 
@@ -24,6 +24,8 @@ from anonymixer_client.client import (
 )
 from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
 from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
+
+T = TypeVar("T")
 
 
 class AsyncAnonymixerClient:
@@ -95,10 +97,24 @@ class AsyncAnonymixerClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    async def _retrying(self, attempt: Callable[[float], Awaitable[T]]) -> T:
+        """``await attempt(seconds left)`` until it succeeds or fails for good (``RetryBudget``)."""
+        budget = RetryBudget.start(self.timeout_s, self.retries)
+        while True:
+            try:
+                return await attempt(budget.remaining())
+            except AnonymixerError as error:
+                delay = budget.next_delay(error)
+                if delay is None:
+                    raise budget.final(error) from None
+            await asyncio.sleep(delay)
+
     async def max_batch(self) -> int:
         if self._max_batch is None:
-            config = (await self._call(self._grpc().get_model_config, MODEL, as_json=True))["config"]
-            self._max_batch = max(1, int(config.get("max_batch_size", 1)))
+            config = await self._retrying(
+                lambda seconds: self._call(self._grpc().get_model_config, MODEL, as_json=True, client_timeout=seconds)
+            )
+            self._max_batch = max(1, int(config["config"].get("max_batch_size", 1)))
         return self._max_batch
 
     async def protect(
@@ -121,19 +137,15 @@ class AsyncAnonymixerClient:
                 None if groups is None else [groups[i] for i in chunk],
                 steps,
             )
-            budget = RetryBudget.start(self.timeout_s, self.retries)
-            while True:
+
+            async def attempt(seconds: float) -> list[ProtectedFace]:
                 try:
-                    result = await self._grpc().infer(
-                        MODEL, inputs, client_timeout=budget.remaining(), headers=self.headers
-                    )
-                    return parse_faces(result)
+                    result = await self._grpc().infer(MODEL, inputs, client_timeout=seconds, headers=self.headers)
                 except Exception as exc:
-                    error = map_error(exc, index=chunk)
-                delay = budget.next_delay(error)
-                if delay is None:
-                    raise budget.final(error)
-                await asyncio.sleep(delay)
+                    raise map_error(exc, index=chunk) from None
+                return parse_faces(result)
+
+            return await self._retrying(attempt)
 
         parts = await asyncio.gather(*(one(c) for c in chunks))
         return in_input_order(chunks, list(parts))

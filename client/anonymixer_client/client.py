@@ -204,11 +204,12 @@ class AnonymixerClient:
         except Exception as exc:
             raise map_error(exc) from None
 
-    def _with_retries(self, method: str, items: int, sent: int, attempt: Callable[[float], T]) -> tuple[T, int]:
-        """``attempt(seconds left)`` until it succeeds or fails for good; (its result, retries made).
-        Every outcome is recorded once, with the retries it took."""
+    def _retrying(
+        self, attempt: Callable[[float], T], failed: Callable[[AnonymixerError, int], None] | None = None
+    ) -> tuple[T, int]:
+        """``attempt(seconds left)`` until it succeeds or fails for good: (its result, retries made).
+        ``failed(error, retries)`` hears of a final failure before it is raised."""
         budget = RetryBudget.start(self.timeout_s, self.retries)
-        start = time.perf_counter()
         while True:
             try:
                 return attempt(budget.remaining()), budget.made
@@ -216,11 +217,19 @@ class AnonymixerClient:
                 delay = budget.next_delay(error)
                 if delay is None:
                     final = budget.final(error)
-                    self._record(method, type(final).__name__, items, start, sent, 0, budget.made)
+                    if failed is not None:
+                        failed(final, budget.made)
                     raise final from None
             if self.metrics:
                 self.metrics.retries.inc()
             time.sleep(delay)
+
+    def _with_retries(self, method: str, items: int, sent: int, attempt: Callable[[float], T]) -> tuple[T, int]:
+        """:meth:`_retrying`, with a final failure recorded in the metrics."""
+        start = time.perf_counter()
+        return self._retrying(
+            attempt, lambda error, retries: self._record(method, type(error).__name__, items, start, sent, 0, retries)
+        )
 
     def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
         """Poll (with backoff) until the server and ``model`` are ready; a server may start later."""
@@ -266,9 +275,12 @@ class AnonymixerClient:
         return info
 
     def max_batch(self) -> int:
+        """The server's max batch (asked once, retried like a call: a server may be restarting)."""
         if self._max_batch is None:
-            config = self._call(self._grpc().get_model_config, MODEL, as_json=True)["config"]
-            self._max_batch = max(1, int(config.get("max_batch_size", 1)))
+            config, _ = self._retrying(
+                lambda seconds: self._call(self._grpc().get_model_config, MODEL, as_json=True, client_timeout=seconds)
+            )
+            self._max_batch = max(1, int(config["config"].get("max_batch_size", 1)))
         return self._max_batch
 
     # -- the service ------------------------------------------------------------------------
