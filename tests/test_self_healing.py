@@ -18,6 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from anonymixer_client import AnonymixerClient, InvalidInputError, ModelUnavailableError
+from anonymixer_client.cli import main as client_main
 from benchmarks.chaos import DEFAULT_MODELS, health, run_chaos
 from optimizer_backend.server import free_port
 from tests.test_anonymixer_server import png
@@ -118,6 +119,16 @@ def test_mutual_tls_api_key_and_giving_up(triton_repository: Path, tmp_path: Pat
             assert protected.png.startswith(b"\x89PNG") and np.isfinite(protected.template).all()
             with pytest.raises(InvalidInputError, match="IMAGE item 0"):  # errors still name the item
                 client.protect([b"not an image"], KEY)
+        cli = ["--url", url, "--ssl", "--root-certificates", tls["ca"], "--timeout", "20"]
+        key_file = tmp_path / "user.key"
+        key_file.write_bytes(KEY)
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "face.png").write_bytes(face)
+        protect = ["protect", str(tmp_path / "in"), "--key-file", str(key_file), "--out", str(tmp_path / "out")]
+        trusted_cli = ["--certificate", tls["client"], "--private-key", tls["client_key"]]
+        assert client_main([*cli, *trusted_cli, "--api-key-file", str(api_key), *protect, "--steps", "1"]) == 0
+        assert (tmp_path / "out" / "face.protected.png").is_file()
+        assert client_main([*cli, *trusted_cli, "health"]) == 0  # health needs the certificate, not the key
         refused = [
             AnonymixerClient(url, ssl=True, **common),  # no client certificate
             AnonymixerClient(url, ssl=True, certificate_chain=tls["rogue"], private_key=tls["rogue_key"], **common),
