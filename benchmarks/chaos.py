@@ -10,7 +10,8 @@ loopback, or with ``--command-from-k8s OVERLAY`` the container command the rende
 ``protect`` and ``protect_scene`` alternately with the project's client, for at least
 ``--duration`` seconds, while the killer SIGKILLs each listed model's Python-backend stubs in turn
 (pids from the supervisor's health report), waits until the health endpoint says the model serves
-again and traffic flowed for a while, then kills the next. Every answer is checked against the
+again and traffic flowed for a while, then kills the next (``--concurrency 0``: no traffic, the
+recovery alone). Every answer is checked against the
 answer the same call got before any kill (the same face: template cosine ≥ 0.999 and at most 2 grey
 levels apart; the scene: same faces and actions). Writes ``chaos.json`` (recovery per model, what
 ``/health/ready`` said during each outage, calls, retries, failures) into ``--out``.
@@ -176,7 +177,8 @@ def run_chaos(
     metrics = ClientMetrics(CollectorRegistry())
     with AnonymixerClient(url, timeout_s=timeout_s, metrics=metrics, max_concurrency=1) as client:
         client.wait_until_ready(120)
-        ref = make_reference(client, face, photo)
+        # --concurrency 0 measures recovery alone (a profile whose calls take minutes)
+        ref = make_reference(client, face, photo) if concurrency else None
         traffic, stop = Traffic(), threading.Event()
         workers = [
             threading.Thread(target=traffic_worker, args=(client, metrics, ref, face, photo, traffic, stop))
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__)
     parser.add_argument("--url", help="a running server's gRPC address (with --health)")
     parser.add_argument("--health", help="its supervisor's health address, http://HOST:8003")
+    parser.add_argument("--describe", default=None, help="what the running server is, for the record")
     parser.add_argument(
         "--command-from-k8s", metavar="OVERLAY", help="start the container command of base or an overlay (cpu-demo)"
     )
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.gettempdir()) / f"{args.name}-serve.log"
     process = None
-    served = args.url
+    served = args.describe or args.url
     if not args.url:
         from optimizer_backend.cli import prepare_bundle, prepare_repository
 
