@@ -15,6 +15,8 @@ supervisor, a thread of the launcher's process:
   mark the model down; until then a failed probe makes it not ready. The timeout is long by
   default because a probe waits in the model's queue behind real work, which takes minutes on a
   CPU;
+- a stub that is alive but stuck (stopped, deadlocked) fails its probes too — Triton itself
+  reports it not healthy — and after the reload the supervisor kills what is left of it;
 - reloads a down model through the repository API with its own configuration plus a reload
   counter (``supervisor_reload``): Triton starts fresh stubs and swaps them in, the model's name
   never disappears, so callers only ever see a retryable error, and models that call it over
@@ -35,6 +37,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -342,6 +345,10 @@ class Supervisor:
         if not probe_healthy(status, message):
             raise ServerError(f"probe after reload: HTTP {status} {message[:200]}")
         model.stubs = sorted(stub_processes(self.server_pid).get(model.name, set()) - old)
+        for pid in old:  # a wedged (stopped, stuck) stub outlives its instance: free what it holds
+            if stub_alive(pid, self.server_pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     # -- health -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -405,7 +412,6 @@ def serve_supervised(
 ) -> int:
     """Start Triton, supervise it and serve the health endpoints until Ctrl-C or SIGTERM (exit 0),
     Triton exits (its code, or 1), or the supervisor gives up (``EXIT_GAVE_UP``)."""
-    import signal
 
     def terminate(*_: object) -> None:
         raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully

@@ -151,24 +151,49 @@ def test_mutual_tls_api_key_and_giving_up(triton_repository: Path, tmp_path: Pat
         assert process.wait(60) == 3
 
 
-def test_a_dead_model_is_a_retryable_error_for_the_client(triton_repository: Path, tmp_path: Path) -> None:
+def test_a_dead_model_is_a_retryable_error_and_a_wedged_one_is_replaced(
+    triton_repository: Path, tmp_path: Path
+) -> None:
     """A stub killed with supervision too slow to save the call: the client raises the typed,
-    retryable error once its deadline has passed, not a generic failure."""
-    flags = ["--probe-interval=1000"]
-    with served(own_repository(triton_repository, tmp_path), tmp_path, *flags) as (process, url, health_url):
+    retryable error once its deadline has passed, not a generic failure. Then a stub that hangs
+    (SIGSTOP: alive, answering nothing) is replaced and what is left of it killed."""
+    with served(own_repository(triton_repository, tmp_path), tmp_path, "--probe-timeout=3") as (
+        process,
+        url,
+        health_url,
+    ):
         # the supervisor lives in the launcher: SIGSTOP holds it while the stub dies
         os.kill(process.pid, signal.SIGSTOP)
         try:
             os.kill(_stubs_of("anonymixer", tmp_path / "repository")[0], signal.SIGKILL)
             time.sleep(0.5)
-            with AnonymixerClient(url, timeout_s=3) as client, pytest.raises(ModelUnavailableError):
+            with AnonymixerClient(url, timeout_s=10) as client, pytest.raises(ModelUnavailableError):
                 client.protect([png(faces(1, seed=42)[0])], KEY, steps=1)
         finally:
             os.kill(process.pid, signal.SIGCONT)
+        wait_ready(health_url)
+
+        before = health(health_url)[1]["models"]["anonymixer"]
+        (wedged,) = before["stubs"]
+        os.kill(wedged, signal.SIGSTOP)
         deadline = time.monotonic() + 60
-        while health(health_url)[0] != 200:
-            assert time.monotonic() < deadline
+        while len(health(health_url)[1]["models"]["anonymixer"]["recoveries"]) == len(before["recoveries"]):
+            assert time.monotonic() < deadline, "the hung stub was not replaced"
             time.sleep(0.2)
+        wait_ready(health_url)
+        recovery = health(health_url)[1]["models"]["anonymixer"]["recoveries"][-1]
+        # Triton notices the hung stub too: the probes fail, or Triton ends the stub first
+        assert recovery["reason"].startswith(("probe failed twice", "no answer to a probe", "stub process")), recovery
+        assert wedged not in _stubs_of("anonymixer", tmp_path / "repository")  # killed, not leaked
+        with AnonymixerClient(url, timeout_s=60) as client:
+            assert client.protect([png(faces(1, seed=43)[0])], KEY, steps=1)[0].png.startswith(b"\x89PNG")
+
+
+def wait_ready(health_url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health(health_url)[0] != 200:
+        assert time.monotonic() < deadline, health(health_url)
+        time.sleep(0.2)
 
 
 def _stubs_of(model: str, repository: Path) -> list[int]:
