@@ -99,7 +99,7 @@ def make_reference(client: Any, face: bytes, photo: bytes) -> Reference:
 def traffic_worker(client: Any, metrics: Any, ref: Reference, face: bytes, photo: bytes, t: Traffic, stop: Any) -> None:
     turn = 0
     while not stop.is_set():
-        before = _retried(metrics)
+        before = counter_total(metrics.retried_calls)
         try:
             if turn % 2 == 0:
                 problem = ref.check_face(client.protect([face], KEY)[0])
@@ -109,14 +109,15 @@ def traffic_worker(client: Any, metrics: Any, ref: Reference, face: bytes, photo
             problem = f"{type(exc).__name__}: {exc}"
         with t.lock:
             t.calls += 1
-            t.retried += _retried(metrics) > before
+            t.retried += counter_total(metrics.retried_calls) > before
             if problem:
                 t.failures.append(problem)
         turn += 1
 
 
-def _retried(metrics: Any) -> float:
-    return sum(s.value for m in metrics.retried_calls.collect() for s in m.samples if s.name.endswith("_total"))
+def counter_total(counter: Any) -> float:
+    """A Prometheus counter's value summed over its labels."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 def kill_and_watch(health_url: str, model: str, timeout_s: float) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def run_chaos(
             "concurrency": concurrency,
             "calls": traffic.calls,
             "calls_retried": traffic.retried,
-            "retries": sum(s.value for m in metrics.retries.collect() for s in m.samples if s.name.endswith("_total")),
+            "retries": counter_total(metrics.retries),
             "failed_calls": len(traffic.failures),
             "failures": traffic.failures[:20],
             "outages": outages,

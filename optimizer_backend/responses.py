@@ -16,6 +16,15 @@ except ImportError:  # pragma: no cover
     pb_utils = None
 
 
+# What Triton says of a model that is down (its stub dead, unloaded, loading): worth a retry.
+MODEL_DOWN_MESSAGES = ("is not healthy", "unavailable", "not ready", "not found", "no available versions")
+
+
+def says_model_down(message: str) -> bool:
+    message = message.lower()
+    return any(sign in message for sign in MODEL_DOWN_MESSAGES)
+
+
 # The request id of the supervisor's liveness probes (optimizer_backend/supervisor.py).
 PROBE_REQUEST_ID = "anonymixer-supervisor-probe"
 

@@ -41,7 +41,7 @@ from optimizer_backend.bls import BLSError, bls_call
 from optimizer_backend.decode import ItemError, PhotoItem, decode_image, encode_png, parse_scene_request
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
-from optimizer_backend.responses import error_response, pad_stack, probe_answer, read_inputs
+from optimizer_backend.responses import error_response, pad_stack, probe_answer, read_inputs, says_model_down
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -51,16 +51,9 @@ except ImportError:  # pragma: no cover
 DEFAULT_MAX_PHOTO_PIXELS = 40_000_000
 OUTPUT_FORMATS = ("png", "jpeg")
 INPUTS = ("IMAGE", "KEY", "STEPS")
-# What Triton says when a called model is down (unloaded, loading, crashed): worth the client's retry.
-MODEL_DOWN = ("is not healthy", "unavailable", "not ready", "not found")
 
 Plan = list[tuple[PhotoItem, list[SceneFace]]]
 Failure = tuple[str, str, int]  # message, metrics reason, status
-
-
-def model_down(exc: BLSError) -> bool:
-    message = str(exc).lower()
-    return any(sign in message for sign in MODEL_DOWN)
 
 
 def encode_photo(image: np.ndarray, fmt: str) -> bytes:
@@ -172,7 +165,7 @@ class TritonPythonModel:
         if isinstance(exc, BLSError):
             message = f"{stage} failed: {exc}"
             pb_utils.Logger.log_error(f"{self.name}: {message}")
-            if model_down(exc):
+            if says_model_down(str(exc)):
                 return message, "unavailable", pb_utils.TritonError.UNAVAILABLE
             return message, "internal", pb_utils.TritonError.INTERNAL
         message = f"{self.name}: internal error while {stage}: {type(exc).__name__}"

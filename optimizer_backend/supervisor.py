@@ -49,15 +49,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from optimizer_backend.responses import PROBE_REQUEST_ID
+from optimizer_backend.responses import PROBE_REQUEST_ID, says_model_down
 from optimizer_backend.server import EmbeddedTritonServer, ServerError
 
 RELOAD_PARAMETER = "supervisor_reload"
 ADMIN_HEADER = "admin-key"
 API_KEY_HEADER = "api-key"
 EXIT_GAVE_UP = 3
-# What Triton answers when a stub is gone or a model is between versions: the model is down.
-DOWN_MESSAGES = ("is not healthy", "not ready", "unavailable", "no available versions")
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ def probe_healthy(status: int, message: str) -> bool:
     a model's own refusal of the probe's empty input (400) is the answer we want."""
     if status == 200:
         return True
-    return status == 400 and not any(m in message.lower() for m in DOWN_MESSAGES)
+    return status == 400 and not says_model_down(message)
 
 
 class TritonAdmin:

@@ -22,6 +22,7 @@ from anonymixer_client.cli import main as client_main
 from benchmarks.chaos import DEFAULT_MODELS, health, run_chaos
 from optimizer_backend.server import free_port
 from tests.test_anonymixer_server import png
+from tests.test_cli import processes_mentioning
 from tests.test_protect import faces
 
 KEY = b"self-healing-key"
@@ -163,9 +164,10 @@ def test_a_dead_model_is_a_retryable_error_and_a_wedged_one_is_replaced(
         health_url,
     ):
         # the supervisor lives in the launcher: SIGSTOP holds it while the stub dies
+        (stub,) = health(health_url)[1]["models"]["anonymixer"]["stubs"]
         os.kill(process.pid, signal.SIGSTOP)
         try:
-            os.kill(_stubs_of("anonymixer", tmp_path / "repository")[0], signal.SIGKILL)
+            os.kill(stub, signal.SIGKILL)
             time.sleep(0.5)
             with AnonymixerClient(url, timeout_s=10) as client, pytest.raises(ModelUnavailableError):
                 client.protect([png(faces(1, seed=42)[0])], KEY, steps=1)
@@ -184,7 +186,8 @@ def test_a_dead_model_is_a_retryable_error_and_a_wedged_one_is_replaced(
         recovery = health(health_url)[1]["models"]["anonymixer"]["recoveries"][-1]
         # Triton notices the hung stub too: the probes fail, or Triton ends the stub first
         assert recovery["reason"].startswith(("probe failed twice", "no answer to a probe", "stub process")), recovery
-        assert wedged not in _stubs_of("anonymixer", tmp_path / "repository")  # killed, not leaked
+        # killed, not leaked
+        assert wedged not in processes_mentioning(str(tmp_path / "repository" / "anonymixer"))
         with AnonymixerClient(url, timeout_s=60) as client:
             assert client.protect([png(faces(1, seed=43)[0])], KEY, steps=1)[0].png.startswith(b"\x89PNG")
 
@@ -194,17 +197,3 @@ def wait_ready(health_url: str, timeout_s: float = 60) -> None:
     while health(health_url)[0] != 200:
         assert time.monotonic() < deadline, health(health_url)
         time.sleep(0.2)
-
-
-def _stubs_of(model: str, repository: Path) -> list[int]:
-    marker = f"{repository}/{model}/".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub") and argv[1].startswith(marker):
-                found.append(int(entry.name))
-    return found
