@@ -1,0 +1,1 @@
+"""The privacy and image-quality evaluation of cancelable faces (python -m evaluation)."""
