@@ -24,8 +24,6 @@ from anonymixer.config import ProtectConfig
 from anonymixer.face_detection import FaceDetector
 from anonymixer.inversion import ReconstructionLoss, invert_latents
 from benchmarks.face_measures import (
-    DlibMatcher,
-    as_tensor,
     embeddings,
     labelled_photos,
     landmark_shift,
@@ -35,6 +33,7 @@ from benchmarks.face_measures import (
     to_256,
 )
 from benchmarks.machine import results_dir, save_record
+from evaluation.matchers import DlibMatcher, as_unit
 
 
 def measure(model, photos, renders, dlib, detector) -> dict:
@@ -61,7 +60,7 @@ def measure(model, photos, renders, dlib, detector) -> dict:
 
 
 def run_variant(model, photos, framing, perceptual, steps, lr, dlib, detector) -> dict:
-    x = as_tensor(np.stack([p.aligned for p in photos]))
+    x = as_unit(np.stack([p.aligned for p in photos]))
     checkpoints, renders = set(steps), {}
     with torch.no_grad():
         renders[0] = to_256(model.generator.synthesis(model.latent_avg[None].expand(len(photos), -1, -1)))

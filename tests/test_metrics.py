@@ -8,11 +8,14 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from anonymixer.metrics import (
+from evaluation.metrics import (
+    ByPerson,
     best_accuracy,
+    bootstrap_interval,
     equal_error_rate,
     error_rates,
     protection_success_rate,
+    rank_one_rate,
     roc_auc,
     threshold_at_fmr,
     unlinkability,
@@ -74,3 +77,37 @@ def test_unlinkability_spans_zero_to_one() -> None:
     assert abs(np.trapz(partly.mated_density, partly.bin_centres) - 1) < 0.05
     prior = unlinkability(rng.normal(1, 1, N), rng.normal(0, 1, N), omega=0.1)
     assert prior.system < partly.system  # a rarer mated prior means less linkability
+
+
+def test_rank_one_counts_a_tie_as_a_miss() -> None:
+    scores = np.array([[0.9, 0.1, 0.2], [0.5, 0.4, 0.1], [0.3, 0.3, 0.0]])
+    assert rank_one_rate(scores, np.array([0, 1, 1])) == 1 / 3  # right, beaten, tied
+
+
+def test_scores_grouped_by_person_resample_people() -> None:
+    people = ["a", "a", "b", "c"]
+    scores = np.arange(16, dtype=float).reshape(4, 4)
+    grouped = ByPerson.pairs(scores, people, people, one_set=True)
+    assert grouped.own["a"].tolist() == [1.0]  # photos 0 and 1, once
+    assert sorted(grouped.between) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert grouped.between[("a", "b")].tolist() == [2.0, 6.0] and grouped.between[("b", "c")].tolist() == [11.0]
+    assert sum(map(len, grouped.all())) == 6  # every pair of four photos, once
+    own, between = grouped.draw(["a", "a", "c"])  # a drawn twice: twice its own pairs, never paired with itself
+    assert own.tolist() == [1.0, 1.0] and sorted(between.tolist()) == [3.0, 3.0, 7.0, 7.0]
+    across = ByPerson.pairs(scores, people, people, one_set=False)  # two sets: (i, j) and (j, i) both count
+    assert sorted(across.own["a"].tolist()) == [0.0, 1.0, 4.0, 5.0] and len(across.between[("a", "b")]) == 4
+
+
+def test_bootstrap_interval_of_a_mean_has_the_textbook_width() -> None:
+    rng = np.random.default_rng(2)
+    people = [f"p{i:03d}" for i in range(400)]
+    values = ByPerson.per_item(rng.normal(0.0, 1.0, len(people)), people)
+
+    def mean(sample: list[str]) -> float:
+        return float(values.draw(sample)[0].mean())
+
+    low, high = bootstrap_interval(mean, people, replicates=2000)
+    assert low < 0 < high  # the true mean
+    assert abs((high - low) - 2 * 1.96 / np.sqrt(len(people))) < 0.03
+    # a statistic that cannot be measured in most samples has no interval
+    assert bootstrap_interval(lambda sample: None if sample[0] != "p000" else 0.0, people, replicates=100) is None
