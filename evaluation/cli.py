@@ -15,6 +15,7 @@ evaluation.matchers, evaluation.attacks and evaluation.image_quality.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import fields
@@ -119,7 +120,11 @@ def build_report(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     report["seconds"] = {k: round(v, 1) for k, v in outcome.seconds.items()}
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     if args.rescore:  # the protection's seconds are the earlier run's; the wall time is this scoring's
-        report["rescored_from"] = args.rescore
+        earlier = Path(args.rescore) / "report.json"
+        report["rescored_from"] = {"dir": args.rescore}
+        if earlier.is_file():
+            first = json.loads(earlier.read_text())
+            report["rescored_from"].update(command=first.get("command"), wall_seconds=first.get("wall_seconds"))
     machine = describe()
     report["machine"] = machine
     report["machine_line"] = f"{machine.get('gpu') or machine['cpu']}, {machine['cores']} cores"

@@ -136,7 +136,9 @@ def evaluate_matcher(matcher: Matcher, t: Templates, replicates: int = 1000) -> 
     own_scores = np.diag(matcher.compare(t.key_sets[0], t.originals[t.protected]))
     own = ByPerson.per_item(own_scores, prot_people)
     preserved = ByPerson.pairs(matcher.compare(t.key_sets[0], t.key_sets[0]), prot_people, prot_people, one_set=True)
-    cross = ByPerson.pairs(matcher.compare(t.key_sets[0], t.key_sets[1]), prot_people, prot_people, one_set=False)
+    across = matcher.compare(t.key_sets[0], t.key_sets[1])
+    cross = ByPerson.pairs(across, prot_people, prot_people, one_set=False)
+    same_person = np.equal.outer(prot_people, prot_people)
 
     base = verification(originals, replicates)
     preservation = verification(preserved, replicates)
@@ -161,6 +163,12 @@ def evaluate_matcher(matcher: Matcher, t: Templates, replicates: int = 1000) -> 
         "preservation": preservation,
         "revocability": {
             "cross_key": {k: cross_key[k] for k in ("pairs", "eer", "auc") if k in cross_key},
+            # mated pairs of one photo under the two keys share pose, hair and background; other photos do not
+            "score_mean": {
+                "same photo, two keys": mean_found(np.diag(across)),
+                "other photo, other key": mean_found(across[same_person & ~np.eye(len(across), dtype=bool)]),
+                "other people": mean_found(across[~same_person]),
+            },
             "match_rate": {f"{f:g}": rate_below_threshold(cross, preserved, f, replicates, below=False) for f in FMRS},
         },
         "unlinkability_d_sys": figure(d_sys, cross.people(), replicates),
@@ -222,4 +230,6 @@ def stolen_key(matcher: Matcher, t: Templates, replicates: int) -> dict[str, Any
         "chance": 1 / len(candidates),
         "rank_one": figure(rank_one, targets, replicates),
         "eer": figure(eer, targets, replicates),
+        # why it succeeds or not: how close the target's own probe and the other people come
+        "score_mean": {"target": mean_found(np.array(genuine)), "others": mean_found(np.concatenate(impostor))},
     }

@@ -97,6 +97,17 @@ def paper_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def wall_time(report: dict[str, Any]) -> str:
+    earlier = report.get("rescored_from")
+    if not earlier:
+        return f"wall time {report['wall_seconds']:.0f} s"
+    return (
+        f"scored again from the faces of `{earlier.get('command') or earlier['dir']}` (wall time "
+        f"{fmt(earlier.get('wall_seconds'), 0)} s; protection {report['seconds'].get('protect', 0):.0f} s, "
+        f"attacks {report['seconds'].get('attack', 0):.0f} s), this scoring {report['wall_seconds']:.0f} s"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = ["# Privacy evaluation", ""]
@@ -111,7 +122,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{s['keys']} key sets, {report['stolen_key_targets']} stolen-key targets; "
         f"profile `{report['profile']}`, protected {report['where']}; refinement steps {s['steps']}, "
         f"inversion steps {s['inversion_steps']}, views {s['views']}; {s['bootstrap']} bootstrap replicates over "
-        f"people (95 % intervals in brackets); wall time {report['wall_seconds']:.0f} s on {report['machine_line']}.",
+        f"people (95 % intervals in brackets); {wall_time(report)} on {report['machine_line']}.",
         "",
         "## Side by side with the paper",
         "",
@@ -167,7 +178,14 @@ def markdown(report: dict[str, Any]) -> str:
             + ".",
             "",
             f"Stolen key ({sk.get('targets', 0)} targets, {sk.get('candidates', 0)} candidates each): rank-1 "
-            f"identification {fmt(sk.get('rank_one'))} (chance {fmt(sk.get('chance'))}), EER {fmt(sk.get('eer'))}.",
+            f"identification {fmt(sk.get('rank_one'))} (chance {fmt(sk.get('chance'))}), EER {fmt(sk.get('eer'))}; "
+            "mean score against the target's protected face: "
+            + ", ".join(f"{who} {fmt(v)}" for who, v in sk.get("score_mean", {}).items())
+            + ".",
+            "",
+            "Across the two keys, mean score: "
+            + ", ".join(f"{what} {fmt(v)}" for what, v in r.get("score_mean", {}).items())
+            + ".",
         ]
     lines += [
         "",
