@@ -65,10 +65,26 @@ class ProtectConfig:
     inversion_lr: float = 0.03
     inversion_perceptual_weight: float = 1.0  # × the FR early-feature L1 beside pixel MSE + L1 at 256
     loss_resolution: int | None = None  # render the losses' images at this size (None: full)
-    refine_batch: int = 0  # at most this many items per Adam batch, whole groups (0: auto, 24 on CPU)
+    # at most this many items per Adam batch, whole groups (0: auto: 24 on the CPU, memory_fraction
+    # on CUDA); compiled, rounded down to a batch bucket so that padding never exceeds it
+    refine_batch: int = 0
     precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
     channels_last: bool = False  # NHWC activations and weights in the refinement loop
-    compile: str = "off"  # COMPILE_MODES: torch.compile the step (the first call per batch size compiles)
+    compile: str = "off"  # COMPILE_MODES: torch.compile the step (compiled once per batch bucket)
+    # Compiled refinement batches are padded with inert items up to the next of these sizes, so
+    # torch.compile(dynamic=False) compiles one graph per bucket (Protector.warm_up compiles them at
+    # start-up) instead of one per batch size a server sees (1–48: 8 requests × 6 items). Eight
+    # buckets, eight compiles at start-up: powers of two up to 16 (at most 7 padded items, 9 → 16),
+    # then steps of 8 up to 48, a full batch of 8 requests with the default 5 views, where batches
+    # are large and padding at most a third of one. A batch larger than the last bucket runs
+    # unpadded (and compiles on first use). Eager ("off") never pads.
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48)
+    # CUDA with refine_batch 0: a refinement batch holds at most (this fraction of the device's
+    # free memory − the step's fixed part) / its memory per item, both measured once on the first
+    # refinement (Protector.warm_up at start-up); whole groups. The rest is headroom for the
+    # estimate's error and other allocations; with several instances on one GPU, divide it
+    # among them. A batch that still runs out of memory is split and retried.
+    memory_fraction: float = 0.8
     # A refinement batch whose step saves more than this many MiB for backward (autograd's saved
     # tensors, each storage once) raises MemoryError, as a device out of memory would: the batch
     # is then split, whole groups, and retried. Deterministic and batch-size proportional, so it
@@ -97,6 +113,10 @@ class ProtectConfig:
             problems.append(f"steps must be in [0, max_steps={self.max_steps}]")
         if self.refine_batch < 0:
             problems.append("refine_batch must be ≥ 0")
+        if any(b < 1 for b in self.batch_buckets) or list(self.batch_buckets) != sorted(set(self.batch_buckets)):
+            problems.append("batch_buckets must be increasing sizes ≥ 1")
+        if not 0 < self.memory_fraction <= 1:
+            problems.append("memory_fraction must be in (0, 1]")
         if self.memory_budget_mib < 0:
             problems.append("memory_budget_mib must be ≥ 0")
         if self.memory_budget_mib and self.compile != "off":

@@ -9,10 +9,12 @@ the augmented views of faces alone in their group) in one batch → render at fu
 quantise to uint8 as returned → template = FR(crop(returned pixels)), ORIGINAL_SIMILARITY =
 cos(template, FR(original)): a client that embeds the picture it got back finds the template.
 
-A refinement batch that runs out of memory (the device's, or ``memory_budget_mib``) is split in
-halves, whole groups, and retried down to one group; :meth:`Protector.protect_each` reports a
-group that does not fit even alone as :class:`OutOfMemory` for its items, and the other items are
-protected as usual (batch composition changes no result). :meth:`Protector.protect` raises instead.
+Refinement batches hold at most :meth:`Protector.refine_limit` items, whole groups (on CUDA: what
+a memory budget holds, from a step's memory measured once). A batch that still runs out of memory
+(the device's, or ``memory_budget_mib``) is split in halves, whole groups, and retried down to one
+group; :meth:`Protector.protect_each` reports a group that does not fit even alone as
+:class:`OutOfMemory` for its items, and the other items are protected as usual (batch
+composition changes no result). :meth:`Protector.protect` raises instead.
 
 Identical images within one call are inverted once (a face protected under two keys, say): the
 inversion depends on the image alone, so sharing it changes no result.
@@ -28,7 +30,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -41,11 +43,11 @@ from anonymixer.inversion import ReconstructionLoss, invert_latents
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
-from anonymixer.refine import RefineResult, StepCallback, refine_latents, set_memory_format
+from anonymixer.refine import RefineResult, StepCallback, padded_size, refine_latents, set_memory_format
 
 KeyLike = SecretKey | bytes | bytearray | str
 # Measured (benchmarks/refine_bench.py, tiny, 2-core CPU): 22 ms per item and step at 24 items,
-# 30 ms at 48 — larger batches fall out of cache. GPUs take the whole batch at once.
+# 30 ms at 48 — larger batches fall out of cache. On CUDA the device's memory sets the limit.
 CPU_REFINE_BATCH = 24
 MEMORY_ERRORS = (MemoryError, torch.cuda.OutOfMemoryError)
 
@@ -57,6 +59,12 @@ class ProtectedFace:
     original_similarity: float  # cos(template, embedding of the original): the privacy gauge
     loss_trace: list[float] = field(default_factory=list)  # anonymity + attribute loss per step
     steps: int = 0
+
+
+def memory_chunk_limit(free_bytes: int, per_item_bytes: int, fixed_bytes: int, fraction: float) -> int:
+    """Items per refinement batch that fit in ``fraction`` of ``free_bytes`` when a batch of n
+    items needs ``fixed_bytes + n · per_item_bytes``; at least 1 (a group alone is always tried)."""
+    return max(1, int((free_bytes * fraction - fixed_bytes) // max(per_item_bytes, 1)))
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class Protector:
         self.timings: dict[str, float] = {}
         self.refined_items = self.inverted_items = 0
         self.splits: list[str] = []
+        self._limit: int | None = None  # refine_limit(), derived at its first call
 
     def _keys(self, key: KeyLike | Sequence[KeyLike], n: int) -> list[SecretKey]:
         if isinstance(key, (SecretKey, bytes, bytearray, str)):
@@ -383,9 +392,94 @@ class Protector:
         """uint8 [B, R, R, 3] renders of W+ (``render(invert(faces))``: the reconstructions)."""
         return to_uint8(self.stages.render(w_plus).float())
 
+    def refine_limit(self) -> int:
+        """Items per refinement batch, whole groups (0: no limit), derived once: ``refine_batch``,
+        else on the CPU :data:`CPU_REFINE_BATCH` and on CUDA what ``memory_fraction`` of the free
+        memory holds (:meth:`step_memory`). A compiled step pads each batch to its bucket, so the
+        limit is then rounded down to a bucket: padding never takes a batch past it."""
+        if self._limit is None:
+            limit = self.config.refine_batch
+            if not limit and self.device.type == "cpu":
+                limit = CPU_REFINE_BATCH
+            elif not limit and self.device.type == "cuda":
+                limit = self._memory_limit()
+            if limit and self.config.compile != "off":
+                limit = max((b for b in self.config.batch_buckets if b <= limit), default=limit)
+            self._limit = limit
+        return self._limit
+
+    def _memory_limit(self) -> int:
+        try:
+            per_item, fixed = self.step_memory()
+        except MEMORY_ERRORS:
+            return 1  # not even two items fit: one group at a time, split further on failure
+        free = torch.cuda.mem_get_info(self.device)[0]
+        # what torch's allocator holds but does not use is this process's to reuse
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return memory_chunk_limit(free, per_item, fixed, self.config.memory_fraction)
+
+    def step_memory(self) -> tuple[int, int]:
+        """(bytes per item, fixed bytes) of one refinement step on CUDA: the peak memory above what
+        was allocated before, at 1 and at 2 inert items. Eager, to compile nothing here; a compiled
+        step usually saves less for backward, and the out-of-memory split covers a short estimate."""
+        eager = replace(self.config, compile="off", memory_budget_mib=0.0)
+        peaks = []
+        for size in (1, 2):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self._refine_inert(size, steps=1, config=eager)
+            torch.cuda.synchronize(self.device)
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - before)
+        torch.cuda.empty_cache()
+        per_item = max(peaks[1] - peaks[0], 1)
+        return per_item, max(peaks[0] - per_item, 0)
+
+    def _refine_inert(self, size: int, steps: int, config: ProtectConfig | None = None) -> RefineResult:
+        """Refine ``size`` inert items (mid-grey originals, every latent row at latent_avg or w_avg,
+        one group each): shaped as :meth:`protect_each` shapes a real batch, to measure or compile."""
+        model = self.model
+        x = torch.zeros(size, 3, ALIGNED_SIZE, ALIGNED_SIZE, device=self.device)
+        w_real = model.latent_avg[None].repeat(size, 1, 1)
+        mix = mix_latents(w_real, model.w_avg[None].repeat(size, 1), self.config.mix_mode, self.config.identity_layers)
+        return refine_latents(
+            mix,
+            x,
+            torch.arange(size, device=self.device),
+            generator=model.generator,
+            face_embedder=model.face_embedder,
+            attribute_loss=self.attribute_loss,
+            config=config or self.config,
+            steps=steps,
+        )
+
+    def warm_up(self, max_items: int | None = None, steps: int = 3) -> list[int]:
+        """Ready the refinement before the first request: derive :meth:`refine_limit` (on CUDA
+        this measures a step's memory) and, with ``compile`` on, compile the step for every batch
+        bucket a refinement batch of at most ``max_items`` items (default: any) can be padded to,
+        on inert items, so that no request pays a compile. Returns the buckets compiled. A bucket
+        out of memory ends the warm-up and lowers the limit below it. ``steps`` 3: CUDA-graph
+        trees record a graph at its second call and replay it from the third."""
+        limit = self.refine_limit()
+        buckets = self.config.batch_buckets
+        if self.config.compile == "off" or not buckets:
+            return []
+        largest = min([n for n in (max_items, limit) if n] or [buckets[-1]])
+        compiled: list[int] = []
+        for size in (b for b in buckets if b <= padded_size(largest, buckets)):
+            try:
+                self._refine_inert(size, steps)
+            except MEMORY_ERRORS:
+                self._limit = compiled[-1] if compiled else 1
+                break
+            compiled.append(size)
+        if self.device.type == "cuda":  # a failed bucket's tensors are released only now
+            torch.cuda.empty_cache()
+        return compiled
+
     def _chunks(self, groups: torch.Tensor) -> list[torch.Tensor]:
-        """Item indices per refinement batch: whole groups, at most ``refine_batch`` items each."""
-        limit = self.config.refine_batch or (CPU_REFINE_BATCH if self.device.type == "cpu" else 0)
+        """Item indices per refinement batch: whole groups, at most :meth:`refine_limit` items each."""
+        limit = self.refine_limit()
         members: dict[int, list[int]] = {}
         for i, g in enumerate(groups.tolist()):
             members.setdefault(g, []).append(i)

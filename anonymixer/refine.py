@@ -5,6 +5,12 @@ and the loss is a sum of per-item terms plus per-group terms, so this is exactly
 optimisations (one per group) run together. Network weights are frozen; only the latent gets
 gradients. The learning rate drops by γ at the given fractions of the steps (MultiStepLR,
 stepped every iteration).
+
+The CUDA path: both TF32 flags are set for the precision (fp32 is IEEE fp32, cuDNN included);
+a compiled step (``ProtectConfig.compile``) runs the batch padded with inert items to one of a
+few sizes (``batch_buckets``), so it compiles once per bucket, not once per batch size; and
+nothing a step returns is kept beyond it uncopied, since a CUDA-graph replay
+(``reduce-overhead``) overwrites its outputs.
 """
 
 from __future__ import annotations
@@ -36,19 +42,29 @@ class RefineResult:
     cancelled: bool
 
 
+# TF32 per precision, set explicitly for cuBLAS matmuls and cuDNN convolutions alike: PyTorch's
+# defaults differ (matmuls off, cuDNN on), so an "fp32" left at them would convolve in TF32. bf16
+# autocast runs matmuls and convolutions in bf16; what it leaves in fp32 may use TF32, still more
+# precise than bf16.
+TF32 = {"fp32": False, "tf32": True, "bf16": True}
+
+
 @contextlib.contextmanager
-def precision_context(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16 autocast / TF32 matmuls on CUDA; a no-op on the CPU (always fp32 there)."""
-    if device.type != "cuda" or precision == "fp32":
-        yield
-        return
+def precision_context(precision: str) -> Iterator[None]:
+    """Both TF32 flags for ``precision``, restored afterwards. Around the whole loop, backward
+    included. The flags are CUDA's only: on the CPU, which always runs fp32, setting them changes
+    nothing."""
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = TF32[precision]
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            yield
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast for the forward pass on CUDA (backward runs in the forward's dtypes)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
 def span(name: str) -> contextlib.AbstractContextManager[object]:
@@ -122,8 +138,27 @@ def step_losses(
 
 @functools.cache
 def compiled_step_losses(mode: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    # One compiled function per mode for the process; dynamo re-specialises per batch shape.
+    # One compiled function per mode for the process, specialised per batch shape: padded to
+    # ProtectConfig.batch_buckets, a few shapes. Dynamo's default limit (8 per function, all modes
+    # and configs together) would fall back to eager past that.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(step_losses, mode=mode, dynamic=False)
+
+
+def padded_size(items: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds ``items``; ``items`` itself when none does."""
+    return min((b for b in buckets if b >= items), default=items)
+
+
+def pad_batch(mix: Mix, x: torch.Tensor, groups: torch.Tensor, size: int) -> tuple[Mix, torch.Tensor, torch.Tensor]:
+    """The batch padded to ``size`` items with inert copies of its first item, each in a group of
+    its own: a group of one adds nothing to the consistency term, and :func:`refine_latents`
+    leaves the copies' losses out of what it differentiates, so their rows get zero gradients (and
+    Adam leaves them in place) and the real items' results do not change."""
+    b = x.shape[0]
+    index = torch.cat([torch.arange(b, device=x.device), torch.zeros(size - b, dtype=torch.long, device=x.device)])
+    extra = groups.max() + 1 + torch.arange(size - b, device=groups.device)
+    return mix.take(index), x[index], torch.cat([groups, extra])
 
 
 def milestones(steps: int, fractions: tuple[float, ...]) -> list[int]:
@@ -141,13 +176,20 @@ def refine_latents(
     config: ProtectConfig,
     steps: int,
     on_step: StepCallback | None = None,
+    pad_to: int | None = None,
 ) -> RefineResult:
     """Refine the trainable rows of ``mix`` for the aligned originals ``x`` [B, 3, 256, 256].
 
     ``groups`` [B] (int64) marks the items that are one person under one key. A batch that does not
     fit raises MemoryError (past ``config.memory_budget_mib``) or the device's OutOfMemoryError.
+    A compiled step runs the batch padded to its bucket (``config.batch_buckets``; ``pad_to``
+    overrides the size, eager too: the tests' proof that padding changes no result).
     """
-    device = x.device
+    device, b = x.device, x.shape[0]
+    if pad_to is None:
+        pad_to = b if config.compile == "off" else padded_size(b, config.batch_buckets)
+    if pad_to > b:
+        mix, x, groups = pad_batch(mix, x, groups, pad_to)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     losses = step_losses if config.compile == "off" else compiled_step_losses(config.compile)
@@ -161,26 +203,33 @@ def refine_latents(
     )
     loss_trace, cos_trace, group_trace = [], [], []
     cancelled = False
-    for step in range(steps):
-        with precision_context(device, config.precision), saved_tensor_budget(config.memory_budget_mib, x.shape[0]):
-            per_item, cos, group_term = losses(
-                param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config
-            )
-        optimiser.zero_grad(set_to_none=True)
-        with span("backward"):
-            (per_item.sum() + group_term).backward()
-        with span("adam"):
-            optimiser.step()
-        schedule.step()
-        loss_trace.append(per_item.detach())
-        cos_trace.append(cos.detach())
-        group_trace.append(group_term.detach())
-        if on_step is not None and on_step(step, cos.detach()) is False:
-            cancelled = True
-            break
-    b = x.shape[0]
+    with precision_context(config.precision):
+        for step in range(steps):
+            if config.compile == "reduce-overhead":
+                # a new iteration for CUDA-graph trees: the last step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            with autocast(device, config.precision), saved_tensor_budget(config.memory_budget_mib, x.shape[0]):
+                outputs = losses(param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config)
+            # A compiled step's outputs may live in CUDA-graph memory that its next replay
+            # overwrites: what outlives the step is a copy, never an output itself. The padding's
+            # items are dropped here, before anything is summed or kept.
+            per_item, cos, group_term = outputs[0][:b], outputs[1][:b].detach().clone(), outputs[2]
+            loss_trace.append(per_item.detach().clone())
+            cos_trace.append(cos)
+            group_trace.append(group_term.detach().clone())
+            optimiser.zero_grad(set_to_none=True)
+            with span("backward"):
+                (per_item.sum() + group_term).backward()
+            # no reference to this step's outputs may be alive when the next step replays its graph
+            del per_item, group_term, outputs
+            with span("adam"):
+                optimiser.step()
+            schedule.step()
+            if on_step is not None and on_step(step, cos) is False:
+                cancelled = True
+                break
     return RefineResult(
-        trainable=param.detach(),
+        trainable=param.detach()[:b],
         loss_trace=torch.stack(loss_trace) if loss_trace else x.new_zeros((0, b)),
         cosine_trace=torch.stack(cos_trace) if cos_trace else x.new_zeros((0, b)),
         group_trace=torch.stack(group_trace) if group_trace else x.new_zeros((0,)),
