@@ -59,10 +59,13 @@ def _onnx(args: argparse.Namespace) -> None:
 
 
 def _tensorrt(args: argparse.Namespace) -> None:
-    from exporter.tensorrt_build import build_engines
+    from exporter.tensorrt_build import build_engines, check_plans
 
     build_engines(args.onnx, args.out, precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch)
     print(f"TensorRT plans written to {args.out}")
+    if args.check:  # raises PlanCheckError (exit 1) naming each plan that fails
+        check_plans(args.onnx, args.out, max_batch_size=args.max_batch)
+        print(f"every plan matches onnxruntime and takes batches 1–{args.max_batch}")
 
 
 def _repository(args: argparse.Namespace) -> None:
@@ -154,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
     t.add_argument("--max-batch", type=int, default=16)
     t.add_argument("--opt-batch", type=int, default=None, help="batch size TensorRT tunes for (default max/2)")
+    t.add_argument(
+        "--check",
+        action="store_true",
+        help="compare every plan with onnxruntime at batch 1 and --max-batch (fp32: ≤ 1e-3 relative; fp16/bf16: "
+        "template cosine ≥ 0.999, image PSNR ≥ 40 dB) and record the verdict; the tensorrt repository target "
+        "takes only plans that passed",
+    )
     t.set_defaults(run=_tensorrt)
 
     r = sub.add_parser("repository", help="build a Triton model repository")

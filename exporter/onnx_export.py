@@ -19,6 +19,7 @@ resizes the 256 px aligned face to the encoder's input size (a no-op for ffhq102
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import warnings
@@ -35,6 +36,7 @@ from anonymixer.bundle import Bundle
 from anonymixer.losses import ALIGNED_SIZE, FR_SIZE, resize
 
 OPSET = 17
+log = logging.getLogger(__name__)
 MODELS = ("e4e_encoder", "stylegan2_mapping", "stylegan2_synthesis", "face_embedder")
 
 
@@ -118,6 +120,21 @@ def sample_input(sig: Signature, batch: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((batch, *sig.input_shape)).astype(np.float32)
 
 
+def simplify_graph(graph: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """onnxsim's graph, or the original with a warning saying why not (the export still succeeds:
+    the unsimplified graph computes the same, only slower)."""
+    try:
+        simplified, ok = onnxsim.simplify(graph)
+    except Exception as exc:  # onnxsim's passes raise whatever they raise (onnx, protobuf, RuntimeError)
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        if ok:
+            return simplified
+        reason = "its check of the simplified graph against the original on random inputs failed"
+    log.warning("%s: onnxsim failed (%s); keeping the unsimplified graph", label, reason)
+    return graph
+
+
 def export_model(module: nn.Module, sig: Signature, path: Path, *, simplify: bool = True) -> None:
     example = torch.from_numpy(sample_input(sig, 2))
     # The tracer warns about Python-level shape checks (they hold for every batch size) and the
@@ -139,9 +156,7 @@ def export_model(module: nn.Module, sig: Signature, path: Path, *, simplify: boo
     if simplify:
         # Measured (benchmarks/results/2026-11-22-cpu-2core/onnx_simplify_tiny.json): onnxsim folds the traced shape
         # arithmetic — synthesis 1130 → 233 nodes, 28 % faster on onnxruntime; never slower.
-        simplified, ok = onnxsim.simplify(graph)
-        if ok:
-            graph = simplified
+        graph = simplify_graph(graph, path.name)
     # Reshapes in the traced graph leave some output dims symbolic; the contract fixes every dim
     # but the batch, so state them (parity tests confirm what the graph computes).
     for value, dims in ((graph.graph.input[0], sig.input_shape), (graph.graph.output[0], sig.output_shape)):

@@ -5,11 +5,13 @@ Targets (DESIGN §3):
 * ``embedded`` — the Triton 2.51 server inside the nvidia-pytriton wheel (Python backend only):
   each network is a thin Python-backend model (``optimizer_backend.onnx_model``) running
   onnxruntime, with the CUDA execution provider on ``KIND_GPU`` instances, or TensorRT through
-  onnxruntime's TensorRT execution provider (``--ort-provider tensorrt``).
+  onnxruntime's TensorRT execution provider (``--ort-provider tensorrt``). With ``stages_via="torch"``
+  the anonymixer model runs every network in-process, so the networks stay ``KIND_CPU``.
 * ``onnxruntime`` — the NGC image's ONNX Runtime backend (``platform: "onnxruntime_onnx"``), with the
   TensorRT execution accelerator on GPU instances.
 * ``tensorrt`` — the NGC image's TensorRT backend (``platform: "tensorrt_plan"``), plans from
-  ``python -m exporter tensorrt``.
+  ``python -m exporter tensorrt --check``: a plan without a passing comparison with onnxruntime, or
+  whose profile stops below ``max_batch_size``, is refused before anything is written.
 
 ``config.pbtxt`` files are built as ``ModelConfig`` protobuf messages (the schema tritonclient
 ships) and written in text format, so they are valid by construction; the dims come from the
@@ -66,14 +68,26 @@ class RepositoryOptions:
             raise ValueError("max_batch_size must be in [1, 1024] and instances ≥ 1")
 
 
+def networks_on_gpu(options: RepositoryOptions) -> bool:
+    """Whether the exported networks get KIND_GPU instances. On the embedded target with every stage
+    in-process (``stages_via="torch"``) the anonymixer model never calls them, so they stay KIND_CPU,
+    stated in their configs: a GPU machine without onnxruntime-gpu can then serve (a KIND_GPU
+    network there fails to load, optimizer_backend.onnx_model)."""
+    return bool(options.gpus) and (options.target != "embedded" or options.stages_via == "bls")
+
+
 def network_config(name: str, facts: dict, options: RepositoryOptions) -> mc.ModelConfig:
     """The ``ModelConfig`` of one exported network (``facts``: its entry in onnx_manifest.json)."""
     config = mc.ModelConfig(name=name, max_batch_size=options.max_batch_size)
+    on_gpu = networks_on_gpu(options)
     if options.target == "embedded":
         config.backend = "python"
         config.parameters["model_file"].string_value = "model.onnx"
-        if options.gpus:
+        if on_gpu:
             config.parameters["execution_provider"].string_value = options.ort_provider
+            # the Python backend copies inputs to the CPU unless told not to: BLS callers on the GPU
+            # hand over device tensors, which onnx_model then runs on where they are
+            config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
     elif options.target == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"
@@ -88,7 +102,7 @@ def network_config(name: str, facts: dict, options: RepositoryOptions) -> mc.Mod
         field.add(name=spec["name"], data_type=mc.TYPE_FP32, dims=spec["dims"])
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     group = config.instance_group.add(count=options.instances)
-    if options.gpus:
+    if on_gpu:
         group.kind = mc.ModelInstanceGroup.KIND_GPU
         group.gpus.extend(options.gpus)
     else:
@@ -194,6 +208,23 @@ def read_config(path: str | Path) -> mc.ModelConfig:
     return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
 
 
+def require_checked_plans(engines_dir: str | Path | None, models: dict[str, dict], max_batch_size: int) -> None:
+    """Every model needs its plan, compared with onnxruntime by ``python -m exporter tensorrt --check``
+    (the verdict in ``<name>.plan.json``) and with a profile up to ``max_batch_size``."""
+    from exporter.tensorrt_build import PlanCheckError, recorded_problems
+
+    if engines_dir is None:
+        raise ValueError("the tensorrt target needs --engines DIR (from `python -m exporter tensorrt`)")
+    failures = []
+    for name in models:
+        plan = Path(engines_dir) / f"{name}.plan"
+        if not plan.is_file():
+            raise FileNotFoundError(f"{plan}: no TensorRT plan for {name}")
+        failures += [f"  {plan}: {problem}" for problem in recorded_problems(engines_dir, name, max_batch_size)]
+    if failures:
+        raise PlanCheckError("refusing to write a repository with these TensorRT plans:\n" + "\n".join(failures))
+
+
 def build_repository(
     onnx_dir: str | Path,
     out_dir: str | Path,
@@ -207,6 +238,8 @@ def build_repository(
     {model name: folder}."""
     onnx_dir, out = Path(onnx_dir), Path(out_dir)
     manifest = json.loads((onnx_dir / "onnx_manifest.json").read_text())
+    if options.target == "tensorrt":  # before anything is written: no repository with unchecked plans
+        require_checked_plans(engines_dir, manifest["models"], options.max_batch_size)
     models = {}
     for name, facts in manifest["models"].items():
         folder = out / name
@@ -216,12 +249,7 @@ def build_repository(
         version.mkdir(parents=True)
         write_config(folder, network_config(name, facts, options))
         if options.target == "tensorrt":
-            if engines_dir is None:
-                raise ValueError("the tensorrt target needs --engines DIR (from `python -m exporter tensorrt`)")
-            plan = Path(engines_dir) / f"{name}.plan"
-            if not plan.is_file():
-                raise FileNotFoundError(f"{plan}: no TensorRT plan for {name}")
-            shutil.copy2(plan, version / "model.plan")
+            shutil.copy2(Path(engines_dir) / f"{name}.plan", version / "model.plan")
         else:
             shutil.copy2(onnx_dir / facts["file"], version / "model.onnx")
         if options.target == "embedded":

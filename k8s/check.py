@@ -6,11 +6,11 @@ Renders each overlay with ``kubectl kustomize`` (or ``kustomize build``), valida
 object against the Kubernetes OpenAPI schemas (``kubernetes-validate``, strict: unknown fields are
 errors) and the ServiceMonitor against the fields it must have, then applies this project's rules:
 the supervised launcher (``anonymixer serve``) and its health probes, mutual TLS for GPU
-(production) servers with its files from Secrets, resources, non-root and read-only containers, the
-Python backend's /dev/shm, graceful termination, and that names agree across objects (HPA metric ↔
-prometheus-adapter rule, probe and Service ports ↔ the launcher's flags, ServiceMonitor ↔ Service,
-selectors ↔ pod labels, referenced Secrets/ConfigMaps/PVCs). Prints every problem; exits 1 if there
-is one. No cluster is contacted.
+(production) servers with its files from Secrets, their CUDA memory pool sized, resources, non-root
+and read-only containers, the Python backend's /dev/shm, graceful termination, and that names agree
+across objects (HPA metric ↔ prometheus-adapter rule, probe and Service ports ↔ the launcher's
+flags, ServiceMonitor ↔ Service, selectors ↔ pod labels, referenced Secrets/ConfigMaps/PVCs).
+Prints every problem; exits 1 if there is one. No cluster is contacted.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ LAUNCHER = ["anonymixer", "serve"]  # the one launcher: Triton under the supervi
 PROBE_PATHS = {"startupProbe": "/health/ready", "readinessProbe": "/health/ready", "livenessProbe": "/health/live"}
 SECRET_FILE_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca", "--api-key-file")
 MUTUAL_TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
+CUDA_POOL_FLAG = "--cuda-memory-pool-byte-size"
+# Triton's CUDA memory pool on a GPU server: at least optimizer_backend.server.cuda_pool_bytes(16,
+# (3, 1024, 1024)), four 1024 px float images at max batch 16 (tests/test_k8s.py keeps the two equal)
+MIN_CUDA_POOL_BYTES = 4 * 16 * 3 * 1024 * 1024 * 4
 
 Obj = dict[str, Any]
 
@@ -179,6 +183,8 @@ def lint_problems(objects: list[Obj]) -> list[str]:
         missing_tls = [f for f in MUTUAL_TLS_FLAGS if flag_value(command, f) is None]
         if gpu_limits and missing_tls:  # production: only clients holding a certificate the CA signed
             problems.append(f"{where}: a production (GPU) server must use gRPC with mutual TLS; it lacks {missing_tls}")
+        if gpu_limits:
+            problems += cuda_pool_problems(where, triton_args(command))
         shm = next((m for m in server.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"), None)
         if shm is None or volumes.get(shm["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
             problems.append(f"{where}: /dev/shm must be a memory-backed emptyDir (the Python backend needs it)")
@@ -187,6 +193,17 @@ def lint_problems(objects: list[Obj]) -> list[str]:
         if exit_timeout is not None and grace <= int(exit_timeout):
             problems.append(f"{where}: terminationGracePeriodSeconds {grace} ≤ --exit-timeout-secs {exit_timeout}")
     return problems
+
+
+def cuda_pool_problems(where: str, flags: list[str]) -> list[str]:
+    """A GPU server must size Triton's CUDA memory pool of GPU 0 for its largest stage tensor."""
+    value = flag_value(flags, CUDA_POOL_FLAG)
+    device, _, size = (value or "").partition(":")
+    if value is None or device != "0" or not size.isdigit():
+        return [f"{where}: a GPU server must size Triton's CUDA memory pool: --triton-arg={CUDA_POOL_FLAG}=0:BYTES"]
+    if int(size) < MIN_CUDA_POOL_BYTES:
+        return [f"{where}: {CUDA_POOL_FLAG} {size} bytes < {MIN_CUDA_POOL_BYTES} (the largest stage tensors)"]
+    return []
 
 
 def adapter_metric_names(values: Path = ADAPTER_VALUES) -> set[str]:

@@ -1,6 +1,8 @@
 """Business-logic-scripting (BLS) stages: the gradient-free calls of the algorithm sent to the
 exported network models of the same Triton server, tensors passed through DLPack (zero-copy when
-they already live where the callee wants them).
+they already live where the callee wants them). On the GPU a stage's input is handed over only
+once torch's stream has finished writing it; the callee (``onnx_model``) returns its outputs
+synchronised, so they are read at once.
 """
 
 from __future__ import annotations
@@ -58,10 +60,16 @@ def bls_stage(model: str, input_name: str, output_name: str, max_batch: int) -> 
     def call(x: torch.Tensor) -> torch.Tensor:
         outputs = []
         memory = None
+        x = x.float().contiguous()
         if x.is_cuda:
             memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, x.device.index or 0)
-        for chunk in x.float().contiguous().split(max_batch):
-            tensor = pb_utils.Tensor.from_dlpack(input_name, to_dlpack(chunk.contiguous()))
+            # A DLPack capsule (to_dlpack) hands over a pointer, not torch's stream: Triton, and the
+            # callee's process through CUDA IPC, would read the memory without waiting for kernels
+            # still writing it on torch's stream (only a tensor passed with __dlpack__ gets a stream
+            # to wait on, and only in newer Python backends). So wait before any chunk leaves.
+            torch.cuda.current_stream(x.device).synchronize()
+        for chunk in x.split(max_batch):  # rows of a contiguous tensor: each chunk is contiguous
+            tensor = pb_utils.Tensor.from_dlpack(input_name, to_dlpack(chunk))
             kwargs = {"preferred_memory": memory} if memory is not None else {}
             response = bls_call(model, [tensor], [output_name], **kwargs)
             out = pb_utils.get_output_tensor_by_name(response, output_name)

@@ -1,9 +1,10 @@
 """``anonymixer``: run the service (``serve``) or the end-to-end demo (``demo``) on the embedded Triton.
 
     anonymixer serve [--repository DIR | --profile tiny|ffhq1024|mobile1024 [--weights DIR] [--generator-ir DIR]]
-                     [--gpu] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002]
-                     [--health-port 8003] [--tritonserver PATH] [--tls-cert F --tls-key F [--tls-ca F]]
-                     [--api-key-file F] [--probe-interval S] [--probe-timeout S] [--max-restarts N]
+                     [--gpu [--stages-via torch]] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000]
+                     [--metrics-port 8002] [--health-port 8003] [--tritonserver PATH]
+                     [--tls-cert F --tls-key F [--tls-ca F]] [--api-key-file F]
+                     [--probe-interval S] [--probe-timeout S] [--max-restarts N]
     anonymixer demo  [--profile mobile1024|tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…]
                      [--pair PHOTO PHOTO] [--scenes PHOTO…] [--keys K1 K2] [--out out/demo]
 
@@ -105,11 +106,13 @@ def print_notice(repository: Path) -> None:
         print(f"NOTE: {notice}", file=sys.stderr)
 
 
-def prepare_repository(bundle_dir: Path, *, gpu: bool, algorithm: str = "{}", cache: Path = CACHE) -> Path:
+def prepare_repository(
+    bundle_dir: Path, *, gpu: bool, algorithm: str = "{}", stages_via: str = "bls", cache: Path = CACHE
+) -> Path:
     from exporter.onnx_export import export_all
     from exporter.repository import RepositoryOptions, build_repository
 
-    options = RepositoryOptions(target="embedded", gpus=(0,) if gpu else (), algorithm=algorithm)
+    options = RepositoryOptions(target="embedded", gpus=(0,) if gpu else (), algorithm=algorithm, stages_via=stages_via)
     config = (bundle_dir / bundle.MANIFEST).read_text()
     key = _digest(config, repr(options), anonymixer.__version__)
     root = cache / "repositories" / key
@@ -123,7 +126,8 @@ def prepare_repository(bundle_dir: Path, *, gpu: bool, algorithm: str = "{}", ca
 def _repository(args: argparse.Namespace) -> Path:
     if getattr(args, "repository", None):
         return Path(args.repository)
-    return prepare_repository(prepare_bundle(args.profile, args.weights, generator_ir=args.generator_ir), gpu=args.gpu)
+    bundle_dir = prepare_bundle(args.profile, args.weights, generator_ir=args.generator_ir)
+    return prepare_repository(bundle_dir, gpu=args.gpu, stages_via=args.stages_via)
 
 
 def tls_args(cert: str | None, key: str | None, ca: str | None) -> tuple[str, ...]:
@@ -308,7 +312,9 @@ def demo(args: argparse.Namespace) -> int:
         algorithm["steps"] = args.steps
     if algorithm:
         print(f"demo settings on the CPU (the service's defaults are the bundle's): {algorithm}", file=sys.stderr)
-    repository = prepare_repository(bundle_dir, gpu=args.gpu, algorithm=json.dumps(algorithm, sort_keys=True))
+    repository = prepare_repository(
+        bundle_dir, gpu=args.gpu, algorithm=json.dumps(algorithm, sort_keys=True), stages_via=args.stages_via
+    )
     print_notice(repository)
     detector = FaceDetector()
     framing = bundle.config_framing(config)
@@ -469,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="mobile1024: folder with the MobileStyleGAN IR files (default: the random-face wheel)",
         )
         p.add_argument("--gpu", action="store_true", help="run the models on GPU 0 (KIND_GPU instances)")
+        p.add_argument(
+            "--stages-via",
+            choices=("bls", "torch"),
+            default="bls",
+            help="the gradient-free stages: BLS calls to the ONNX network models (default), or in-process in "
+            "PyTorch (a GPU without onnxruntime-gpu)",
+        )
     s = sub.choices["serve"]
     s.add_argument("--repository", help="serve this repository instead of building one")
     s.add_argument("--host", default="127.0.0.1", help="listen address (default loopback only)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import shutil
 import signal
@@ -24,6 +25,48 @@ from pathlib import Path
 
 class ServerError(RuntimeError):
     pass
+
+
+TRITON_DEFAULT_CUDA_POOL = 64 * 2**20  # Triton's own --cuda-memory-pool-byte-size per GPU
+# Largest tensors held at once in one pool: the outputs of a BLS stage's chunks until bls_stage
+# joins them, and the input in flight. Four cover a full dynamic batch with views (8 requests × 6
+# items = 48 items: three chunks at max batch 16) plus its input.
+POOL_TENSORS_IN_FLIGHT = 4
+POOL_FLAG = "--cuda-memory-pool-byte-size"
+
+
+def cuda_pool_bytes(max_batch: int, item_shape: tuple[int, ...], itemsize: int = 4) -> int:
+    """Triton's CUDA memory pool for a GPU whose largest stage tensor is ``max_batch`` items of
+    ``item_shape``: the Python backend shares this pool with its stub processes and passes GPU
+    tensors in it by offset; one outside it needs a CUDA IPC handle of its own, opened per tensor
+    (Triton's 64 MiB default holds five 1024×1024×3 float images)."""
+    return max(TRITON_DEFAULT_CUDA_POOL, POOL_TENSORS_IN_FLIGHT * max_batch * math.prod(item_shape) * itemsize)
+
+
+def repository_cuda_pools(repository: str | Path) -> dict[int, int]:
+    """{GPU: pool bytes} for the KIND_GPU models of a repository: sized by each GPU's largest FP32
+    tensor at its model's max_batch_size (tensors with variable dims are not stage tensors)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    pools: dict[int, int] = {}
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(), mc.ModelConfig())
+        on_gpu = [group for group in config.instance_group if group.kind == mc.ModelInstanceGroup.KIND_GPU]
+        gpus = {gpu for group in on_gpu for gpu in group.gpus}
+        shapes = [tuple(t.dims) for t in (*config.input, *config.output) if t.data_type == mc.TYPE_FP32]
+        sizes = [cuda_pool_bytes(max(config.max_batch_size, 1), s) for s in shapes if all(d > 0 for d in s)]
+        for gpu in gpus:
+            pools[gpu] = max(pools.get(gpu, TRITON_DEFAULT_CUDA_POOL), *sizes)
+    return pools
+
+
+def cuda_pool_args(repository: str | Path, extra_args: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``--cuda-memory-pool-byte-size=GPU:BYTES`` for each GPU the repository's models use, unless
+    ``extra_args`` size the pool themselves."""
+    if any(a.split("=")[0] == POOL_FLAG for a in extra_args):
+        return ()
+    return tuple(f"{POOL_FLAG}={gpu}:{size}" for gpu, size in sorted(repository_cuda_pools(repository).items()))
 
 
 def pytriton_paths() -> tuple[Path, Path]:
@@ -136,6 +179,7 @@ class EmbeddedTritonServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             "--log-verbose=0",
+            *cuda_pool_args(self.repository, self.extra_args),
             *self.extra_args,
         ]
 

@@ -68,6 +68,20 @@ def test_gpu_overlay_asks_for_one_gpu_and_scales_on_queue_time_and_gpu_use(
     assert "create secret generic anonymixer-secrets" in (ROOT / "k8s" / "README.md").read_text()
 
 
+POOL_ARG = "--triton-arg=--cuda-memory-pool-byte-size=0:805306368"
+
+
+def test_gpu_overlay_sizes_the_cuda_memory_pool_as_the_server_does(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The checker's floor is the launcher's own size for 1024 px images at max batch 16; the gpu
+    overlays (the object-store one builds on it) pass it, the cpu-demo has no GPU to size."""
+    from optimizer_backend.server import cuda_pool_bytes
+
+    assert cuda_pool_bytes(16, (3, 1024, 1024)) == check.MIN_CUDA_POOL_BYTES
+    for overlay in ("gpu", "gpu-object-store"):
+        assert POOL_ARG in server(rendered[overlay])["args"]
+    assert not any("cuda-memory-pool" in a for a in server(rendered["cpu-demo"]).get("args", []))
+
+
 def triton_flags() -> set[str]:
     """The options the embedded tritonserver (2.51, nvidia-pytriton) knows, from its --help."""
     from optimizer_backend.server import pytriton_paths
@@ -183,6 +197,10 @@ def test_each_rule_catches_what_it_is_for(rendered: dict[str, list[dict[str, Any
         "needs Secret tls-pair, which nothing creates": lambda o: next(
             v for v in pod(o)["volumes"] if v["name"] == "tls"
         )["secret"].update(secretName="tls-pair"),
+        "a GPU server must size Triton's CUDA memory pool": lambda o: server(o)["args"].remove(POOL_ARG),
+        "--cuda-memory-pool-byte-size 67108864 bytes < 805306368": lambda o: server(o)["args"].__setitem__(
+            server(o)["args"].index(POOL_ARG), "--triton-arg=--cuda-memory-pool-byte-size=0:67108864"
+        ),
     }
     for expected, change in cases.items():
         assert expected in problems_after(gpu, change), expected

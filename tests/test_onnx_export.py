@@ -110,3 +110,39 @@ def test_full_size_ffhq1024_parity(tmp_path: Path) -> None:
         f"errors { ({k: f'{v:.1e}' for k, v in errors.items()}) }"
     )
     assert max(errors.values()) <= TOL
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        (RuntimeError("No Op registered for Foo"), "RuntimeError: No Op registered for Foo"),
+        (False, "its check of the simplified graph against the original on random inputs failed"),
+    ],
+)
+def test_an_onnxsim_failure_is_a_warning_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, outcome, reason: str
+) -> None:
+    import onnxsim
+
+    from exporter import onnx_export
+
+    def simplify(graph: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return onnx.ModelProto(), outcome
+
+    monkeypatch.setattr(onnxsim, "simplify", simplify)
+    graph = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
+    with caplog.at_level("WARNING", logger="exporter.onnx_export"):
+        assert onnx_export.simplify_graph(graph, "g.onnx") is graph  # the export goes on, unsimplified
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and record.getMessage() == (
+        f"g.onnx: onnxsim failed ({reason}); keeping the unsimplified graph"
+    )
