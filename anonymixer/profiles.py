@@ -24,7 +24,7 @@ from anonymixer.seeded_init import seeded_draw, seeded_init_
 PROFILES = ("ffhq1024", "mobile1024", "tiny")
 W_AVG_SAMPLES = 4096  # z drawn for w_avg, as the random-face package's own config does
 
-ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
+ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny": {
         "generator": {
             "size": 64,
@@ -58,6 +58,18 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             "embedding_size": 512,
         },
     },
+    # MobileStyleGAN-FFHQ's shapes (as random-face's IR holds them) and MobileFaceNet; no encoder.
+    # Random weights in these shapes time mobile1024 where its wheel cannot travel (a GPU machine).
+    "mobile1024": {
+        "generator": {
+            "network": "mobilestylegan",
+            "style_dim": 512,
+            "n_mlp": 8,
+            "channels": [512, 512, 512, 512, 512, 256, 128, 64],
+        },
+        "encoder": None,
+        "face_embedder": {"network": "mobilefacenet", "embedding_size": 128},
+    },
 }
 
 
@@ -76,14 +88,14 @@ MOBILE1024_ALGORITHM: dict[str, Any] = {
 }
 MOBILE1024_FRAMING = "ffhq"  # inversion_mobile1024.json: FFHQ vs e4e framing
 
-RANDOM_PROFILES = tuple(ARCHITECTURES)  # the profiles random_bundle can build (mobile1024 has only real weights)
+RANDOM_PROFILES = tuple(ARCHITECTURES)  # the profiles random_bundle can build
 
 
 def random_bundle(profile: str = "tiny", *, seed: int = 0, fr: str | Path | None = None) -> bundle.Bundle:
     """An in-memory bundle of seeded random weights; ``fr`` swaps in a real face embedder checkpoint."""
     arch = ARCHITECTURES[profile]
     generator = seeded_init_(build_generator(arch["generator"]), seed, "generator.")
-    encoder = seeded_init_(build_encoder(arch["encoder"]), seed, "encoder.")
+    encoder = seeded_init_(build_encoder(arch["encoder"]), seed, "encoder.") if arch["encoder"] else None
     sources: dict[str, Any] = {"seed": seed}
     if fr is None:
         embedder_arch = arch["face_embedder"]
@@ -102,6 +114,8 @@ def random_bundle(profile: str = "tiny", *, seed: int = 0, fr: str | Path | None
         face_embedder=embedder,
         face_embedder_arch=embedder_arch,
         sources=sources,
+        # mobile1024 runs its own algorithm (inversion by optimisation, its rows and losses)
+        **({"framing": MOBILE1024_FRAMING, "algorithm": MOBILE1024_ALGORITHM} if profile == "mobile1024" else {}),
     )
 
 

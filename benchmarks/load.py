@@ -236,7 +236,7 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def start_repository(profile: str, gpu: bool) -> Path:
+def start_repository(profile: str, gpu: bool, stages_via: str = "bls") -> Path:
     """The model repository ``--start`` serves: the built-in tiny bundle, or seeded random weights
     in the full-size ffhq1024 shapes (the official weights are not needed to measure speed)."""
     from anonymixer import bundle, profiles
@@ -248,10 +248,10 @@ def start_repository(profile: str, gpu: bool) -> Path:
         bundle_dir = CACHE / "bundles" / f"{profile}-random-seed0"
         if not (bundle_dir / bundle.MANIFEST).exists():
             bundle.save(profiles.random_bundle(profile), bundle_dir, overwrite=True)
-    return prepare_repository(bundle_dir, gpu=gpu)
+    return prepare_repository(bundle_dir, gpu=gpu, stages_via=stages_via)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     from anonymixer.profiles import RANDOM_PROFILES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -261,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", choices=RANDOM_PROFILES, default="tiny", help="what --start serves (random weights)"
     )
     parser.add_argument("--gpu", action="store_true", help="--start with the models on GPU 0")
+    parser.add_argument(
+        "--stages-via",
+        choices=("bls", "torch"),
+        default="bls",
+        help="--start: the gradient-free stages as BLS calls to the ONNX models, or in-process in PyTorch "
+        "(a GPU without onnxruntime-gpu)",
+    )
     parser.add_argument("--model", default="anonymixer")
     levels = parser.add_mutually_exclusive_group()
     levels.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="closed-loop senders")
@@ -271,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=100_000, help="stop a level after this many")
     parser.add_argument("--steps", type=int, default=None, help="STEPS per request (default: the server's)")
     parser.add_argument("--out", default=None, help="default benchmarks/results/<date>-<machine>")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     out = Path(args.out) if args.out else results_dir()
     out.mkdir(parents=True, exist_ok=True)
     face = sample_face()
@@ -304,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.start:
         from optimizer_backend.server import EmbeddedTritonServer
 
-        with EmbeddedTritonServer(start_repository(args.profile, args.gpu)) as server:
+        with EmbeddedTritonServer(start_repository(args.profile, args.gpu, args.stages_via)) as server:
             rows = sweep(server.grpc_url)
     else:
         rows = sweep(args.url)

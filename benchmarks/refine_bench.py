@@ -347,6 +347,23 @@ def describe(row: dict[str, Any]) -> str:
     return text
 
 
+def save(args: argparse.Namespace, device: torch.device, rows: list[dict[str, Any]], skipped: dict[str, str]) -> Path:
+    """The record so far, written after every batch size: a run stopped at its time limit (a GPU
+    lease) keeps what it measured. Batch sizes this run does not measure are kept from the file."""
+    path = Path(args.out) / f"refine_{args.profile}_{device.type}.json"
+    if path.exists():  # a run split over several calls: keep the other batch sizes
+        earlier = json.loads(path.read_text())["results"]
+        rows = sorted([r for r in earlier if r["batch"] not in args.batches] + rows, key=lambda r: r["batch"])
+    return save_record(
+        path,
+        "refine_bench",
+        rows,
+        profile=args.profile,
+        skipped=skipped,
+        guard=f"template cosine ≥ {GUARD_MIN_COSINE} against fp32 (pixel differences reported)",
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     model = bundle.load(args.bundle, device) if args.bundle else profiles.random_bundle(args.profile).to(device)
@@ -377,22 +394,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row["speedup_vs_naive"] = round(naive_row["ms_per_step"] / row["ms_per_step"], 2)
             print(f"{args.profile} {device.type} " + describe(row), flush=True)
         rows += batch_rows
-    out = Path(args.out)
-    path = out / f"refine_{args.profile}_{device.type}.json"
-    if path.exists():  # a run split over several calls (a 10-minute GPU lease): keep the other batch sizes
-        earlier = json.loads(path.read_text())["results"]
-        rows = sorted([r for r in earlier if r["batch"] not in args.batches] + rows, key=lambda r: r["batch"])
-    record = save_record(
-        path,
-        "refine_bench",
-        rows,
-        profile=args.profile,
-        skipped=skipped,
-        guard=f"template cosine ≥ {GUARD_MIN_COSINE} against fp32 (pixel differences reported)",
-    )
+        record = save(args, device, rows, skipped)
     if args.trace:
         inputs = make_inputs(model, max(args.batches), device)
-        path = out / f"refine_profile_{args.profile}_{device.type}.md"
+        path = Path(args.out) / f"refine_profile_{args.profile}_{device.type}.md"
         path.write_text(trace(Case(model, inputs, configs["fp32"]), device))
         print(f"wrote {path}")
     return {"path": record, "rows": rows, "skipped": skipped}

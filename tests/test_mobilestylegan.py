@@ -258,3 +258,13 @@ def test_flop_count_of_the_generators_benchmark(generator: MobileStyleGAN) -> No
     assert 12 < counted["forward_gflop"] < 17  # 7.4 GMAC: depthwise-separable convs at every scale
     # the backward to W+ alone (no weight gradients) costs as much as the forward again
     assert counted["forward_backward_to_w_gflop"] == pytest.approx(2 * counted["forward_gflop"], rel=0.05)
+
+
+def test_random_weights_in_mobile1024_shapes_for_speed_runs() -> None:
+    """Where the random-face wheel cannot travel (a GPU machine), seeded weights in its shapes."""
+    from anonymixer import profiles
+
+    model = profiles.random_bundle("mobile1024")
+    assert (model.resolution, model.n_latent, model.style_dim, model.embedding_size) == (1024, 23, 512, 128)
+    assert model.config["algorithm"] == profiles.MOBILE1024_ALGORITHM and model.framing == "ffhq"
+    assert model.config["sources"] == {"seed": 0} and model.config["encoder"] is None
