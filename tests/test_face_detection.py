@@ -13,8 +13,8 @@ from anonymixer.alignment import arcface_crop
 from anonymixer.checkpoints import load_checkpoint
 from anonymixer.face_detection import FaceDetector, largest_face, packaged_weights_dir
 from anonymixer.images import open_rgb
-from evaluation.metrics import best_accuracy, roc_auc
 from anonymixer.samples import builtin_photos
+from evaluation.metrics import best_accuracy, roc_auc
 from tests.conftest import FACES, MOBILEFACENET, need
 
 # Photos of identities.csv with more than their one subject, each checked by eye: real people in
