@@ -153,13 +153,19 @@ def test_gpu_providers_and_a_provider_onnxruntime_dropped() -> None:
         onnx_model.require_started("cuda", ["CPUExecutionProvider"])  # onnxruntime fell back on its own
 
 
+def embedder_model(onnx_dir: Path, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch):
+    """The face_embedder wrapper initialised as a ``kind`` instance, outside Triton."""
+    monkeypatch.setattr(onnx_model, "pb_utils", fake_pb_utils())
+    model = onnx_model.TritonPythonModel()
+    model.initialize(embedder_instance(onnx_dir, tmp_path / "face_embedder", kind))
+    return model
+
+
 def test_the_device_tensor_path_equals_the_numpy_path(
     onnx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The GPU instances' path (DLPack in, torch batching, io_binding, DLPack out) run on the CPU."""
-    monkeypatch.setattr(onnx_model, "pb_utils", fake_pb_utils())
-    model = onnx_model.TritonPythonModel()
-    model.initialize(embedder_instance(onnx_dir, tmp_path / "face_embedder", "CPU"))
+    model = embedder_model(onnx_dir, tmp_path, "CPU", monkeypatch)
     assert model.device is None
     numpy_path = outputs(model.execute(embedder_requests()))
     model.device = torch.device("cpu")
@@ -246,9 +252,7 @@ def test_bls_hands_tensors_over_only_after_torch_is_done(monkeypatch: pytest.Mon
 def test_the_onnx_wrapper_keeps_tensors_on_the_gpu(
     onnx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(onnx_model, "pb_utils", fake_pb_utils())
-    model = onnx_model.TritonPythonModel()
-    model.initialize(embedder_instance(onnx_dir, tmp_path / "face_embedder", "GPU"))
+    model = embedder_model(onnx_dir, tmp_path, "GPU", monkeypatch)
     assert model.device == torch.device("cuda", 0) and model.session.get_providers()[0] == "CUDAExecutionProvider"
     responses = model.execute(embedder_requests("cuda"))  # FakeTensor.as_numpy() fails on device tensors
     assert all(r.output_tensors[0].data.is_cuda for i, r in enumerate(responses) if i != 2)
