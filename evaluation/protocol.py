@@ -116,7 +116,8 @@ def rate_below_threshold(
     pairs at ``fmr``; both resampled with the same people."""
 
     def statistic(people: list[str]) -> float | None:
-        values, threshold = scores.draw(people)[0], threshold_at_fmr_or_none(reference.draw(people)[1], fmr)
+        values, impostor = scores.draw(people)[0], reference.draw(people)[1]
+        threshold = threshold_at_fmr(impostor, fmr) if len(impostor) else None
         if threshold is None or not len(values):
             return None
         matched = rate_at_or_above(values, threshold)
@@ -125,12 +126,7 @@ def rate_below_threshold(
     return figure(statistic, scores.people(), replicates)
 
 
-def threshold_at_fmr_or_none(impostor: np.ndarray, fmr: float) -> float | None:
-    return threshold_at_fmr(impostor, fmr) if len(impostor) else None
-
-
 def evaluate_matcher(matcher: Matcher, t: Templates, replicates: int = 1000) -> dict[str, Any]:
-    people = np.asarray(t.people)
     prot_people = [t.people[i] for i in t.protected]
     originals = ByPerson.pairs(matcher.compare(t.originals, t.originals), t.people, t.people, one_set=True)
     own_scores = np.diag(matcher.compare(t.key_sets[0], t.originals[t.protected]))
@@ -190,7 +186,6 @@ def evaluate_matcher(matcher: Matcher, t: Templates, replicates: int = 1000) -> 
         "originals": originals.all(),
         "protected": preserved.all(),
         "cross_key": (found(mated), found(non_mated)),
-        "people": sorted(set(people.tolist())),
     }
     return result
 
