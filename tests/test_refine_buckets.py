@@ -140,8 +140,12 @@ def test_padding_changes_no_result_and_leaves_the_inert_rows_alone(
     assert params[0].shape[0] == 5 and padded.trainable.shape == plain.trainable.shape
     # the two inert copies of item 0 never moved: zero gradients all along
     assert torch.equal(params[0].detach()[3:], mix.trainable[[0, 0]])
-    for name in ("trainable", "loss_trace", "cosine_trace", "group_trace"):
+    for name in ("loss_trace", "cosine_trace", "group_trace"):
         torch.testing.assert_close(getattr(padded, name), getattr(plain, name), rtol=1e-5, atol=1e-6, msg=name)
+    # The CPU's float32 kernels block a batch of 5 differently from one of 3, and Adam's first steps
+    # move by ~lr whatever a gradient's size: on an AVX-512 CPU the rows (|w| up to 5) differ by up to
+    # 1.6e-4 after 4 steps of lr 0.01, while the losses above agree to 1e-5.
+    torch.testing.assert_close(padded.trainable, plain.trainable, rtol=1e-4, atol=5e-4, msg="trainable")
     assert padded.loss_trace.shape == (4, 3) and padded.steps_run == 4
 
 
