@@ -24,6 +24,12 @@ E4E_TEMPLATE_256 = np.array(
 FFHQ_TEMPLATE_256 = np.array([[96.2, 120.3], [160.7, 120.3], [128.5, 159.7], [97.9, 186.8], [159.2, 186.8]])
 # A bundle's "framing" names the template its generator side is aligned to.
 FRAMINGS = {"e4e": E4E_TEMPLATE_256, "ffhq": FFHQ_TEMPLATE_256}
+# What new bundles are written with (an FFHQ generator reconstructs FFHQ-framed faces far better:
+# docs/bundles.md, "Framing and inversion").
+NEW_BUNDLE_FRAMING = "ffhq"
+# The released code's framing: the frame the paste-back mask is measured in (anonymixer.scene), and
+# what a bundle.json without a "framing" field was served with (bundles written before the choice).
+E4E_FRAMING = "e4e"
 # The standard ArcFace/InsightFace 112×112 template (face recognition on photos).
 ARCFACE_TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from anonymixer.alignment import E4E_FRAMING, NEW_BUNDLE_FRAMING
 from anonymixer.checkpoints import file_sha256, strict_load
 from anonymixer.networks import (
     AnyGenerator,
@@ -113,7 +114,7 @@ class Bundle:
 def config_framing(config: dict[str, Any]) -> str:
     """The template faces are aligned to for a bundle's generator (alignment.FRAMINGS), from its
     ``bundle.json``; bundles written before the choice was measured were served with the e4e one."""
-    return str(config.get("framing", "e4e"))
+    return str(config.get("framing", E4E_FRAMING))
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -133,7 +134,7 @@ def make(
     face_embedder_arch: dict[str, Any],
     sources: dict[str, Any],
     notice: str | None = None,
-    framing: str = "ffhq",
+    framing: str = NEW_BUNDLE_FRAMING,
     algorithm: dict[str, Any] | None = None,
 ) -> Bundle:
     """An in-memory bundle from its networks (what :func:`save` writes and :func:`load` returns)."""

@@ -1,13 +1,26 @@
-"""The algorithm's settings: one dataclass with the documented defaults (DESIGN §5).
+"""The algorithm's settings: :class:`ProtectConfig`, where every default is defined once, and
+:func:`resolve_settings`, the one reader that layers overrides on it.
 
-A bundle may override any of them in the ``"algorithm"`` object of its ``bundle.json``; the
-Triton model passes its ``config.pbtxt`` parameters through :meth:`ProtectConfig.from_dict` too.
+Precedence, lowest first; each layer overrides the ones below it key by key, and an unknown key
+is refused naming its layer:
+
+1. **library defaults**: the fields of :class:`ProtectConfig` below (DESIGN §5);
+2. **bundle**: the ``"algorithm"`` object of its ``bundle.json`` (a profile's measured choices,
+   e.g. ``anonymixer.profiles.MOBILE1024_ALGORITHM``);
+3. **repository**: the ``anonymixer`` model's ``config.pbtxt`` parameter ``algorithm``
+   (``python -m exporter repository --algorithm JSON``). The named overrides of tools that build
+   their own repository or protect in-process sit here too, printed where they apply: the demo
+   on a CPU (``apps.demo.DEMO_CPU``), the evaluation's options;
+4. **request**: a request's ``STEPS`` (:meth:`ProtectConfig.steps_for`), up to ``max_steps``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, TypeVar
+
+import numpy as np
 
 from anonymixer.augment import MAX_VIEWS
 from anonymixer.losses import ATTRIBUTE_LOSSES
@@ -130,3 +143,60 @@ class ProtectConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProtectConfig:
         return config_from_dict(cls, values)
+
+    def steps_for(self, requested: object | None) -> int:
+        """The request layer: a request's steps, else ``steps``; an integer in [0, ``max_steps``]."""
+        if requested is None:
+            return self.steps
+        if (
+            isinstance(requested, bool)
+            or not isinstance(requested, (int, np.integer))
+            or not 0 <= requested <= self.max_steps
+        ):
+            raise ValueError(f"steps must be an integer in [0, {self.max_steps}], got {requested!r}")
+        return int(requested)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """One named layer of :class:`ProtectConfig` values (a JSON object's keys) over the layers below."""
+
+    source: str  # who sets them, as printed: "bundle", "repository parameter 'algorithm'", "the demo on a CPU"
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved config and where each value came from."""
+
+    config: ProtectConfig
+    layers: tuple[str, ...]  # the sources, lowest first (library defaults not included)
+    sources: dict[str, str]  # field → the layer that set it; a field at its library default is absent
+
+    def describe(self) -> str:
+        """``bundle: lr=0.005, steps=20; the demo on a CPU: steps=10``: each layer's values that hold."""
+        parts = []
+        for layer in self.layers:
+            names = [name for name, source in self.sources.items() if source == layer]
+            if names:
+                parts.append(f"{layer}: " + ", ".join(f"{n}={getattr(self.config, n)}" for n in names))
+        return "; ".join(parts) or "library defaults"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+
+def resolve_settings(bundle_config: Mapping[str, Any], *overrides: Overrides) -> Settings:
+    """Library defaults < the bundle's ``"algorithm"`` (from its ``bundle.json``, ``bundle_config``)
+    < each of ``overrides`` in order. Every merge of settings in the project goes through here."""
+    layers = [Overrides("bundle", bundle_config.get("algorithm", {})), *overrides]
+    known = {f.name for f in fields(ProtectConfig)}
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer in layers:
+        unknown = sorted(set(layer.values) - known)
+        if unknown:
+            raise ValueError(f"{layer.source}: unknown ProtectConfig key(s) {unknown}; known: {sorted(known)}")
+        merged.update(layer.values)
+        sources.update(dict.fromkeys(layer.values, layer.source))
+    return Settings(ProtectConfig.from_dict(merged), tuple(layer.source for layer in layers), sources)

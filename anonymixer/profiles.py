@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from anonymixer import bundle
+from anonymixer.alignment import NEW_BUNDLE_FRAMING
 from anonymixer.checkpoints import LoadedCheckpoint, load_checkpoint
 from anonymixer.networks import build_encoder, build_face_embedder, build_generator
 from anonymixer.networks.stylegan2 import default_channels
@@ -86,7 +87,7 @@ MOBILE1024_ALGORITHM: dict[str, Any] = {
     "steps": 20,
     "views": 0,  # protection_mobile1024.json, "views": 2 views bought nothing at 4× the cost
 }
-MOBILE1024_FRAMING = "ffhq"  # inversion_mobile1024.json: FFHQ vs e4e framing
+MOBILE1024_FRAMING = NEW_BUNDLE_FRAMING  # inversion_mobile1024.json: FFHQ vs e4e framing
 
 RANDOM_PROFILES = tuple(ARCHITECTURES)  # the profiles random_bundle can build
 

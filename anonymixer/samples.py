@@ -42,7 +42,7 @@ def photos_from(paths: list[str], limit: int) -> list[tuple[str, np.ndarray]]:
     return [(f.stem, np.asarray(open_rgb(f))) for f in files[:limit]]
 
 
-def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256, framing: str = "e4e") -> np.ndarray | None:
+def aligned_face(photo: np.ndarray, detector: FaceDetector, *, framing: str, size: int = 256) -> np.ndarray | None:
     """The largest face of ``photo`` aligned to ``framing``'s template (uint8 [size, size, 3]), or None."""
     rows = detector.detect(photo)
     if not len(rows):
@@ -51,7 +51,7 @@ def aligned_face(photo: np.ndarray, detector: FaceDetector, size: int = 256, fra
 
 
 @torch.no_grad()
-def generated_faces(model: Bundle, count: int, *, psi: float = 0.7, seed: int = 0) -> torch.Tensor:
+def generated_faces(model: Bundle, count: int, *, psi: float, seed: int = 0) -> torch.Tensor:
     """``count`` faces [count, 3, R, R] in [-1, 1] from portable seeded z, truncated by ``psi`` toward w_avg."""
     z = torch.from_numpy(seeded_draw("generated_faces.z", seed, (count, model.style_dim))).float()
     w = truncate(model.generator.mapping(z.to(model.w_avg.device)), model.w_avg, psi)

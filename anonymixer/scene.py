@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from anonymixer.alignment import FRAMINGS, framing_template, template_transform, warp_photo
+from anonymixer.alignment import E4E_FRAMING, FRAMINGS, framing_template, template_transform, warp_photo
 from anonymixer.config import config_from_dict
 from anonymixer.keys import SecretKey
 from anonymixer.paste_back import FaceMask, blur_face, colour_shift, paste_face
@@ -44,7 +44,7 @@ class SceneConfig:
     face_keys: str = "per_face"
     aligned_size: int = 256  # the aligned frame's size (DESIGN §5)
     # the template faces are aligned to (alignment.FRAMINGS); the repository sets the bundle's
-    framing: str = "e4e"
+    framing: str = E4E_FRAMING
     detect_max_side: int = 1600  # photos go to the detector downscaled to this long side
     colour_match: bool = True
     mask: FaceMask = field(default_factory=FaceMask)  # given in the e4e frame; moved to ``framing``
@@ -91,9 +91,7 @@ def face_key(key: SecretKey, index: int) -> SecretKey:
     return SecretKey(hmac.new(key.reveal(), FACE_KEY_INFO + str(index).encode(), hashlib.sha256).digest())
 
 
-def align_face(
-    photo: np.ndarray, detection: np.ndarray, size: int, framing: str = "e4e"
-) -> tuple[np.ndarray, np.ndarray]:
+def align_face(photo: np.ndarray, detection: np.ndarray, size: int, framing: str) -> tuple[np.ndarray, np.ndarray]:
     """A detected face of ``photo`` (uint8 [H, W, 3]) aligned to ``framing``'s template: uint8
     [size, size, 3] and its photo → aligned transform."""
     matrix = template_transform(detection[5:].reshape(5, 2), framing_template(framing), size, 256)

@@ -38,7 +38,7 @@ def labelled_photos(framing: str, detector: FaceDetector, per_person: int = 99) 
     for row in csv.DictReader((FACES / "identities.csv").open()):
         if seen.get(row["identity"], 0) >= per_person:
             continue
-        face = aligned_face(np.asarray(open_rgb(FACES / row["file"])), detector, MEASURE_SIZE, framing)
+        face = aligned_face(np.asarray(open_rgb(FACES / row["file"])), detector, framing=framing, size=MEASURE_SIZE)
         if face is None:
             continue
         seen[row["identity"]] = seen.get(row["identity"], 0) + 1

@@ -17,6 +17,7 @@ import torch
 
 from anonymixer import bundle
 from anonymixer.alignment import E4E_TEMPLATE_256
+from anonymixer.config import ProtectConfig
 from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import to_uint8
 from anonymixer.losses import resize
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model = bundle.load(args.bundle)
-    faces = to_uint8(resize(generated_faces(model, args.count), 256))
+    faces = to_uint8(resize(generated_faces(model, args.count, psi=ProtectConfig().truncation_psi), 256))
     detector = FaceDetector()
     points = []
     for face in faces:

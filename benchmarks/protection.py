@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from anonymixer import bundle
-from anonymixer.config import ProtectConfig
+from anonymixer.config import resolve_settings
 from anonymixer.face_detection import FaceDetector
 from anonymixer.images import save_grid
 from anonymixer.losses import FRFeatureLoss
@@ -66,7 +66,7 @@ class Bench:
         self.model, self.photos = model, photos
         self.detector = FaceDetector()
         self.dlib = DlibMatcher(self.detector)
-        self.defaults = ProtectConfig.from_dict(model.config.get("algorithm", {}))
+        self.defaults = resolve_settings(model.config).config
         self.latents = self._latents(cache)
         mask = FaceMask().reframed(model.framing)
         coords = np.arange(MEASURE_SIZE, dtype=np.float64)
@@ -91,9 +91,8 @@ class Bench:
         """(protected uint8 at 256, templates, seconds per photo) under ``overrides`` of the defaults."""
         pixel_only = overrides.pop("pixel_only", False)
         config = dataclasses.replace(self.defaults, **overrides)
-        protector = Protector(self.model, config)
-        if pixel_only:
-            protector.attribute_loss = FRFeatureLoss(self.model.face_embedder, feature_weight=0.0)
+        pixels = FRFeatureLoss(self.model.face_embedder, feature_weight=0.0) if pixel_only else None
+        protector = Protector(self.model, config, attribute_loss=pixels)
         start = time.perf_counter()
         faces = []
         for p in tqdm(photos, desc=f"protect {overrides}", leave=False):

@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anonymixer import bundle, profiles
 from anonymixer.bundle import Bundle
-from anonymixer.config import ProtectConfig
+from anonymixer.config import Overrides, ProtectConfig, resolve_settings
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
@@ -83,7 +83,7 @@ class Inputs:
 
 def base_config(model: Bundle) -> ProtectConfig:
     """The bundle's algorithm (its rows, attribute loss) without augmented views."""
-    return ProtectConfig.from_dict({**model.config.get("algorithm", {}), "views": 0})
+    return resolve_settings(model.config, Overrides("refine_bench", {"views": 0})).config
 
 
 def make_inputs(model: Bundle, batch: int, device: torch.device) -> Inputs:

@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from anonymixer import bundle as bundle_io
-from anonymixer.config import ProtectConfig
+from anonymixer.config import Overrides, resolve_settings
+from anonymixer.config import Settings as ProtectSettings
 from anonymixer.face_detection import FaceDetector, largest_face
 from anonymixer.images import open_rgb
 from anonymixer.keys import SecretKey
@@ -142,13 +143,15 @@ class ServiceProtection:
         return list(as_aligned(np.stack([np.asarray(Image.open(io.BytesIO(f.png)).convert("RGB")) for f in faces])))
 
 
-def algorithm(model: bundle_io.Bundle, settings: Settings) -> ProtectConfig:
-    overrides = {
+def algorithm(model: bundle_io.Bundle, settings: Settings) -> ProtectSettings:
+    """The bundle's settings under the evaluation's own options (``--inversion-steps``, ``--views``;
+    ``--steps`` goes with each request)."""
+    options = {
         name: value
         for name, value in (("inversion_steps", settings.inversion_steps), ("views", settings.views))
         if value is not None
     }
-    return ProtectConfig.from_dict({**model.config.get("algorithm", {}), **overrides})
+    return resolve_settings(model.config, Overrides("evaluation options", options))
 
 
 @dataclass
@@ -185,7 +188,7 @@ def run_protection(
 ) -> Outcome:
     """Protect every job, reconstruct, attack (the attacks and reconstructions need the bundle)."""
     layout = plan(faces, settings, secrets.token_bytes(32))
-    protector = Protector(model, algorithm(model, settings)) if model is not None else None
+    protector = Protector(model, algorithm(model, settings).config) if model is not None else None
     seconds = {}
     start = time.perf_counter()
     if server:

@@ -9,7 +9,11 @@ from pathlib import Path
 from anonymixer import bundle, profiles
 from anonymixer.bundle import BundleError
 from anonymixer.checkpoints import CheckpointError
+from anonymixer.config import ProtectConfig
 from exporter.download import DEFAULT_FILES, OFFICIAL_FILES, DownloadError, download_file
+from exporter.repository import TARGETS, RepositoryOptions
+
+DEFAULTS = RepositoryOptions()  # every repository default, defined once there
 
 
 def _bundle(args: argparse.Namespace) -> None:
@@ -70,7 +74,7 @@ def _tensorrt(args: argparse.Namespace) -> None:
 
 def _repository(args: argparse.Namespace) -> None:
     from exporter.onnx_export import export_all
-    from exporter.repository import RepositoryOptions, build_repository
+    from exporter.repository import build_repository
 
     options = RepositoryOptions(
         target=args.target,
@@ -80,6 +84,7 @@ def _repository(args: argparse.Namespace) -> None:
         instances=args.instances,
         ort_provider=args.ort_provider,
         protect_max_batch=args.protect_max_batch,
+        max_image_pixels=args.max_image_pixels,
         max_queue_size=args.max_queue_size,
         queue_timeout_s=args.queue_timeout,
         algorithm=args.algorithm,
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--out", required=True, help="picture file (.png, .jpg)")
     f.add_argument("--count", type=int, default=8, help="faces (default 8)")
     f.add_argument("--rows", type=int, default=2, help="rows of the grid (default 2)")
-    f.add_argument("--psi", type=float, default=0.7, help="truncation ψ (default 0.7, the key latents')")
+    psi = ProtectConfig().truncation_psi
+    f.add_argument("--psi", type=float, default=psi, help=f"truncation ψ (default {psi:g}, the key latents')")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(run=_faces)
 
@@ -155,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--onnx", required=True, help="folder written by `python -m exporter onnx`")
     t.add_argument("--out", required=True)
     t.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16")
-    t.add_argument("--max-batch", type=int, default=16)
+    t.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULTS.max_batch_size,
+        help=f"the largest batch the plans take: a repository's --max-batch (default {DEFAULTS.max_batch_size})",
+    )
     t.add_argument("--opt-batch", type=int, default=None, help="batch size TensorRT tunes for (default max/2)")
     t.add_argument(
         "--check",
@@ -168,49 +179,90 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("repository", help="build a Triton model repository")
     r.add_argument("--bundle", required=True)
-    r.add_argument("--target", choices=["embedded", "onnxruntime", "tensorrt"], default="embedded")
+    r.add_argument("--target", choices=TARGETS, default=DEFAULTS.target)
     r.add_argument("--out", required=True)
     r.add_argument("--onnx", help="reuse ONNX models from this folder (default: export into OUT-onnx)")
     r.add_argument("--engines", help="TensorRT plans (tensorrt target)")
     r.add_argument("--gpus", default="", help="comma-separated GPU ids: KIND_GPU instances (default: KIND_CPU)")
-    r.add_argument("--instances", type=int, default=1, help="instances per GPU, or on the CPU (default 1)")
-    r.add_argument("--max-batch", type=int, default=16, help="max_batch_size of every model (default 16)")
-    r.add_argument("--max-queue-delay-us", type=int, default=1000, help="dynamic batcher delay (default 1000)")
+    r.add_argument(
+        "--instances",
+        type=int,
+        default=DEFAULTS.instances,
+        help=f"instances per GPU, or on the CPU (default {DEFAULTS.instances})",
+    )
+    r.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULTS.max_batch_size,
+        help=f"max_batch_size of every network model (default {DEFAULTS.max_batch_size})",
+    )
+    r.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULTS.max_queue_delay_us,
+        help=f"the networks' dynamic batcher delay (default {DEFAULTS.max_queue_delay_us})",
+    )
     r.add_argument(
         "--ort-provider",
         choices=["cuda", "tensorrt"],
-        default="cuda",
+        default=DEFAULTS.ort_provider,
         help="embedded target on GPUs: onnxruntime's CUDA or TensorRT provider",
     )
-    r.add_argument("--protect-max-batch", type=int, default=8, help="anonymixer: items per execute (default 8)")
+    r.add_argument(
+        "--protect-max-batch",
+        type=int,
+        default=DEFAULTS.protect_max_batch,
+        help=f"anonymixer: items per execute (default {DEFAULTS.protect_max_batch})",
+    )
+    r.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULTS.max_image_pixels,
+        help=f"anonymixer: largest aligned face (default {DEFAULTS.max_image_pixels})",
+    )
     r.add_argument(
         "--max-queue-size",
         type=int,
-        default=64,
-        help="anonymixer: requests allowed to wait; more are refused at once (default 64)",
+        default=DEFAULTS.max_queue_size,
+        help=f"anonymixer: requests allowed to wait; more are refused at once (default {DEFAULTS.max_queue_size})",
     )
     r.add_argument(
         "--queue-timeout",
         type=float,
-        default=300.0,
-        help="anonymixer: seconds a request may wait in the queue before it is refused (default 300)",
+        default=DEFAULTS.queue_timeout_s,
+        help="anonymixer: seconds a request may wait in the queue before it is refused "
+        f"(default {DEFAULTS.queue_timeout_s:g})",
     )
-    r.add_argument("--algorithm", default="{}", help='anonymixer: JSON settings, e.g. \'{"steps": 30, "views": 0}\'')
+    r.add_argument(
+        "--algorithm",
+        default=DEFAULTS.algorithm,
+        help='anonymixer: JSON settings over the bundle\'s (docs/settings.md), e.g. \'{"steps": 30, "views": 0}\'',
+    )
     r.add_argument(
         "--stages-via",
         choices=["bls", "torch"],
-        default="bls",
+        default=DEFAULTS.stages_via,
         help="anonymixer: run encode/map/render/embed through BLS (default) or in-process torch",
     )
-    r.add_argument("--scene-max-batch", type=int, default=4, help="anonymixer_scene: photos per execute (default 4)")
+    r.add_argument(
+        "--scene-max-batch",
+        type=int,
+        default=DEFAULTS.scene_max_batch,
+        help=f"anonymixer_scene: photos per execute (default {DEFAULTS.scene_max_batch})",
+    )
     r.add_argument(
         "--scene",
-        default="{}",
+        default=DEFAULTS.scene,
         help='anonymixer_scene: JSON settings, e.g. \'{"min_face": 64, "small_faces": "keep"}\' (anonymixer.scene)',
     )
-    r.add_argument("--detector", default="{}", help="face_detector: JSON settings (anonymixer.face_detection)")
     r.add_argument(
-        "--max-photo-pixels", type=int, default=40_000_000, help="anonymixer_scene: largest photo (default 40 M)"
+        "--detector", default=DEFAULTS.detector, help="face_detector: JSON settings (anonymixer.face_detection)"
+    )
+    r.add_argument(
+        "--max-photo-pixels",
+        type=int,
+        default=DEFAULTS.max_photo_pixels,
+        help=f"anonymixer_scene: largest photo (default {DEFAULTS.max_photo_pixels})",
     )
     r.set_defaults(run=_repository)
 

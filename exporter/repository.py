@@ -28,10 +28,15 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from anonymixer import bundle
 from anonymixer.bundle import config_framing
+from anonymixer.config import Overrides, resolve_settings
 from anonymixer.face_detection import WEIGHT_FILES, packaged_weights_dir
 
 TARGETS = ("embedded", "onnxruntime", "tensorrt")
+REPOSITORY_ALGORITHM = "repository parameter 'algorithm'"  # the repository layer's name (anonymixer.config)
+BUNDLE_FOLDER = "bundle"  # the anonymixer model's bundle, in its version folder
+DETECTOR_WEIGHTS = "mtcnn"  # the face detector's weight files, in its version folder
 SHIM = (
     '"""Triton entry point; the logic lives in {module}."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
 )
@@ -48,6 +53,7 @@ class RepositoryOptions:
     trt_precision: str = "FP16"  # onnxruntime target: TensorRT accelerator precision
     # the anonymixer model
     protect_max_batch: int = 8  # items per execute (one refinement batch, before augmented views)
+    max_image_pixels: int = 16_000_000  # larger aligned faces are refused before decoding
     protect_queue_delay_us: int = 20000  # wait this long for more requests to share a refinement
     max_queue_size: int = 64  # requests waiting beyond this are refused at once
     queue_timeout_s: float = 300.0  # a request still queued after this is refused
@@ -114,6 +120,15 @@ def network_config(name: str, facts: dict, options: RepositoryOptions) -> mc.Mod
     return config
 
 
+def algorithm_overrides(algorithm: str) -> Overrides:
+    """The repository layer of the anonymixer model's settings: its ``algorithm`` parameter
+    (``--algorithm``), a JSON object of ProtectConfig values."""
+    values = json.loads(algorithm)
+    if not isinstance(values, dict):
+        raise ValueError(f"algorithm must be a JSON object, got {algorithm!r}")
+    return Overrides(REPOSITORY_ALGORITHM, values)
+
+
 def anonymixer_config(embedding_size: int, options: RepositoryOptions) -> mc.ModelConfig:
     """The public ``anonymixer`` model: BYTES in, PNG + template out, queue bounded in size and time."""
     config = mc.ModelConfig(name="anonymixer", backend="python", max_batch_size=options.protect_max_batch)
@@ -134,11 +149,11 @@ def anonymixer_config(embedding_size: int, options: RepositoryOptions) -> mc.Mod
     batching.default_queue_policy.allow_timeout_override = True
     batching.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
     _instance_on_first_gpu(config, options)
-    json.loads(options.algorithm)  # must be a JSON object; ProtectConfig checks the keys at load
     params = {
-        "bundle": "bundle",
+        "bundle": BUNDLE_FOLDER,
         "algorithm": options.algorithm,
         "network_max_batch": str(options.max_batch_size),
+        "max_image_pixels": str(options.max_image_pixels),
         **{f"{stage}_via": options.stages_via for stage in ("encode", "mapping", "render", "embed")},
     }
     for key, value in params.items():
@@ -163,14 +178,15 @@ def face_detector_config(options: RepositoryOptions) -> mc.ModelConfig:
     config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     config.instance_group.add(count=options.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     json.loads(options.detector)
-    config.parameters["weights"].string_value = "mtcnn"
+    config.parameters["weights"].string_value = DETECTOR_WEIGHTS
     config.parameters["detector"].string_value = options.detector
     return config
 
 
-def scene_config(options: RepositoryOptions, framing: str = "e4e") -> mc.ModelConfig:
+def scene_config(options: RepositoryOptions, bundle_config: dict) -> mc.ModelConfig:
     """The public ``anonymixer_scene`` model: photos in, photos with every face protected out;
-    faces aligned with the bundle's ``framing`` unless ``options.scene`` says otherwise."""
+    faces aligned with the bundle's framing unless ``options.scene`` says otherwise, STEPS up to the
+    anonymixer model's ``max_steps`` (its settings: the bundle's under the repository's)."""
     config = mc.ModelConfig(name="anonymixer_scene", backend="python", max_batch_size=options.scene_max_batch)
     for name, dtype, optional in (
         ("IMAGE", mc.TYPE_STRING, False),
@@ -184,12 +200,12 @@ def scene_config(options: RepositoryOptions, framing: str = "e4e") -> mc.ModelCo
     config.dynamic_batching.max_queue_delay_microseconds = options.protect_queue_delay_us
     config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
-    algorithm = json.loads(options.algorithm)
+    settings = resolve_settings(bundle_config, algorithm_overrides(options.algorithm))
     params = {
-        "scene": json.dumps({"framing": framing, **json.loads(options.scene)}),
+        "scene": json.dumps({"framing": config_framing(bundle_config), **json.loads(options.scene)}),
         "max_image_pixels": str(options.max_photo_pixels),
         "protect_max_batch": str(options.protect_max_batch),
-        "max_steps": str(algorithm.get("max_steps", 500)),
+        "max_steps": str(settings.config.max_steps),
     }
     for key, value in params.items():
         config.parameters[key].string_value = value
@@ -256,19 +272,20 @@ def build_repository(
             (version / "model.py").write_text(SHIM.format(module="optimizer_backend.onnx_model"))
         models[name] = folder
     if bundle_dir is not None:
+        bundle_config = bundle.read_config(bundle_dir)
         folder = out / "anonymixer"
         if folder.exists():
             shutil.rmtree(folder)
         embedding_size = manifest["bundle"]["face_embedder"]["embedding_size"]
         write_config(folder, anonymixer_config(embedding_size, options))
-        shutil.copytree(bundle_dir, folder / "1" / "bundle")
+        shutil.copytree(bundle_dir, folder / "1" / BUNDLE_FOLDER)
         (folder / "1" / "model.py").write_text(SHIM.format(module="optimizer_backend.anonymixer_model"))
         models["anonymixer"] = folder
         for name, config, module in (
             ("face_detector", face_detector_config(options), "optimizer_backend.detector_model"),
             (
                 "anonymixer_scene",
-                scene_config(options, config_framing(manifest["bundle"])),
+                scene_config(options, bundle_config),
                 "optimizer_backend.scene_model",
             ),
         ):
@@ -279,9 +296,9 @@ def build_repository(
             (folder / "1").mkdir()
             (folder / "1" / "model.py").write_text(SHIM.format(module=module))
             models[name] = folder
-        (out / "face_detector" / "1" / "mtcnn").mkdir()
+        (out / "face_detector" / "1" / DETECTOR_WEIGHTS).mkdir()
         for file in WEIGHT_FILES.values():
-            shutil.copy2(packaged_weights_dir() / file, out / "face_detector" / "1" / "mtcnn" / file)
+            shutil.copy2(packaged_weights_dir() / file, out / "face_detector" / "1" / DETECTOR_WEIGHTS / file)
     (out / "repository.json").write_text(
         json.dumps({"target": options.target, "models": sorted(models), "bundle": manifest["bundle"]}, indent=2) + "\n"
     )

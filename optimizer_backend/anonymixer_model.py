@@ -24,11 +24,12 @@ instance's torch (the ``invert`` stage of the metrics). A bundle and settings th
 protect with (an ``e4e`` attribute loss without an encoder, say) still load: every request is
 answered UNSUPPORTED with the reason, while the bundle's network models serve as usual.
 
-Parameters (``config.pbtxt``, all strings): ``bundle`` (folder in the version folder, default
-``bundle``), ``algorithm`` (JSON object of ProtectConfig overrides), ``encode_via``, ``mapping_via``,
-``render_via``, ``embed_via`` (``bls`` | ``torch``, default ``bls``), ``network_max_batch``
-(the networks' max_batch_size, default 16), ``max_image_pixels`` (default 16 M), ``salt_file``
-(deployment salt; the ``ANONYMIXER_SALT_FILE`` environment variable overrides it).
+Parameters (``config.pbtxt``, all strings, written by ``exporter.repository``, which holds their
+defaults): ``bundle`` (folder in the version folder), ``algorithm`` (JSON object of ProtectConfig
+overrides: the repository layer of the settings, anonymixer.config), ``encode_via``,
+``mapping_via``, ``render_via``, ``embed_via`` (``bls`` | ``torch``), ``network_max_batch`` (the
+networks' max_batch_size), ``max_image_pixels``; optional ``salt_file`` (deployment salt; the
+``ANONYMIXER_SALT_FILE`` environment variable overrides it).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ import torch
 
 from anonymixer import bundle
 from anonymixer.bundle import BundleError
-from anonymixer.config import ProtectConfig
+from anonymixer.config import resolve_settings
 from anonymixer.protect import OutOfMemory, ProtectedFace, Protector
+from exporter.repository import algorithm_overrides
 from optimizer_backend.bls import STAGE_MODELS, bls_error_in, build_stages
-from optimizer_backend.decode import DEFAULT_MAX_PIXELS, Item, ItemError, encode_png, parse_request
+from optimizer_backend.decode import Item, ItemError, encode_png, parse_request
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
 from optimizer_backend.responses import error_response, probe_answer, read_inputs
@@ -58,6 +60,7 @@ except ImportError:  # pragma: no cover
     pb_utils = None
 
 INPUTS = ("IMAGE", "KEY", "GROUP", "STEPS")
+PARAMETERS = ("bundle", "algorithm", "network_max_batch", "max_image_pixels", *(f"{s}_via" for s in STAGE_MODELS))
 
 
 def read_salt(params: dict[str, str]) -> bytes:
@@ -68,18 +71,18 @@ def read_salt(params: dict[str, str]) -> bytes:
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        params = model_parameters(config)
+        params = model_parameters(config, PARAMETERS)
         if args.get("model_instance_kind") == "GPU":
             self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
         else:
             self.device = torch.device("cpu")
         folder = Path(args["model_repository"]) / args["model_version"]
-        model = bundle.load(folder / params.get("bundle", "bundle"), self.device)
-        overrides = {**model.config.get("algorithm", {}), **json.loads(params.get("algorithm", "{}"))}
-        protect_config = ProtectConfig.from_dict(overrides)
-        via = {stage: params.get(f"{stage}_via", "bls") for stage in STAGE_MODELS}
-        stages = build_stages(model, via, int(params.get("network_max_batch", "16")))
-        self.max_pixels = int(params.get("max_image_pixels", str(DEFAULT_MAX_PIXELS)))
+        model = bundle.load(folder / params["bundle"], self.device)
+        settings = resolve_settings(model.config, algorithm_overrides(params["algorithm"]))
+        protect_config = settings.config
+        via = {stage: params[f"{stage}_via"] for stage in STAGE_MODELS}
+        stages = build_stages(model, via, int(params["network_max_batch"]))
+        self.max_pixels = int(params["max_image_pixels"])
         self.metrics = ModelMetrics(args["model_name"])
         self.name = args["model_name"]
         if model.notice:
@@ -95,16 +98,16 @@ class TritonPythonModel:
             f"{self.name}: {model.config['profile']} bundle on {self.device}, stages {via}, "
             f"inversion {self.protector.inversion}"
             + (f" ({protect_config.inversion_steps} steps)" if self.protector.inversion == "optimize" else "")
-            + f", steps {protect_config.steps}, views {protect_config.views}"
+            + f", steps {protect_config.steps}, views {protect_config.views}; settings: {settings.describe()}"
         )
         # Derive the refinement batch limit (on CUDA: measure a step's memory) and compile the
         # step's batch buckets now, so that no request pays for either.
         start = time.perf_counter()
         items = int(config.get("max_batch_size", 0)) * (1 + protect_config.views)  # views join refined items
-        compiled = self.protector.warm_up(max_items=items or None)
+        compiled = self.protector.scheduler.warm_up(max_items=items or None)
         pb_utils.Logger.log_info(
             f"{self.name}: refinement warm-up in {time.perf_counter() - start:.1f} s: at most "
-            f"{self.protector.refine_limit() or 'any number of'} items per refinement batch"
+            f"{self.protector.scheduler.limit() or 'any number of'} items per refinement batch"
             + (f", step compiled ({protect_config.compile}) for batches {compiled}" if compiled else "")
         )
 
@@ -132,9 +135,7 @@ class TritonPythonModel:
         by_steps: dict[int, list[tuple[int, int]]] = {}
         for r, items in parsed.items():
             for j, item in enumerate(items):
-                by_steps.setdefault(self.protector.config.steps if item.steps is None else item.steps, []).append(
-                    (r, j)
-                )
+                by_steps.setdefault(self.protector.config.steps_for(item.steps), []).append((r, j))
         results: dict[tuple[int, int], Any] = {}
         cancelled: set[int] = set()
         for steps, members in by_steps.items():

@@ -14,7 +14,7 @@ import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from anonymixer.bundle import Bundle
-from anonymixer.protect import Stages, torch_stages
+from anonymixer.stages import Stages, torch_stages
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -84,7 +84,7 @@ def build_stages(model: Bundle, via: dict[str, str], max_batch: int) -> Stages:
     local = torch_stages(model)
     chosen = {}
     for stage, (name, inp, out) in STAGE_MODELS.items():
-        how = via.get(stage, "bls")
+        how = via[stage]
         if how not in VIA:
             raise ValueError(f"{stage}_via must be one of {VIA}, got {how!r}")
         chosen[stage] = bls_stage(name, inp, out, max_batch) if how == "bls" else getattr(local, stage)

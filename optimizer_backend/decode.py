@@ -17,7 +17,6 @@ from PIL import Image, ImageOps
 
 from anonymixer.keys import MAX_KEY_BYTES, MIN_KEY_BYTES, SecretKey
 
-DEFAULT_MAX_PIXELS = 16_000_000  # decoded pixels per image; larger images are refused unread
 MIN_SIDE = 16
 
 
@@ -45,7 +44,7 @@ class PhotoItem:
     steps: int | None
 
 
-def decode_image(data: bytes, item: int, max_pixels: int = DEFAULT_MAX_PIXELS, *, aligned: bool = True) -> np.ndarray:
+def decode_image(data: bytes, item: int, max_pixels: int, *, aligned: bool = True) -> np.ndarray:
     """Encoded JPEG/PNG/WebP/… → uint8 RGB [H, W, 3]; EXIF orientation applied, modes converted.
     An ``aligned`` face must be square."""
     if not data:
@@ -129,9 +128,7 @@ def _common_rows(inputs: dict[str, np.ndarray | None], max_steps: int) -> tuple[
     return raw_images, keys, steps
 
 
-def parse_request(
-    inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[Item]:
+def parse_request(inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int) -> list[Item]:
     """IMAGE/KEY/GROUP/STEPS arrays of one request (batch-first, [n, 1]) → validated items."""
     raw_images, keys, steps = _common_rows(inputs, max_steps)
     n = len(raw_images)
@@ -163,9 +160,7 @@ def parse_request(
     return items
 
 
-def parse_scene_request(
-    inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> list[PhotoItem]:
+def parse_scene_request(inputs: dict[str, np.ndarray | None], *, max_steps: int, max_pixels: int) -> list[PhotoItem]:
     """IMAGE/KEY/STEPS arrays of one ``anonymixer_scene`` request → validated photos."""
     raw_images, keys, steps = _common_rows(inputs, max_steps)
     return [

@@ -6,8 +6,8 @@ non-maximum suppression between its three small networks, so it is served as one
 rather than as ONNX graphs. Images of one request share a shape; when their face counts differ
 the shorter lists are padded with zero rows (score 0 marks padding).
 
-Parameters: ``weights`` (folder in the version folder holding pnet.pt, rnet.pt and onet.pt,
-default ``mtcnn``), ``detector`` (JSON object of DetectorConfig overrides).
+Parameters (written by ``exporter.repository``): ``weights`` (folder in the version folder holding
+pnet.pt, rnet.pt and onet.pt), ``detector`` (JSON object of DetectorConfig overrides).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ except ImportError:  # pragma: no cover
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        params = model_parameters(json.loads(args["model_config"]))
-        folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "mtcnn")
-        config = config_from_dict(DetectorConfig, json.loads(params.get("detector", "{}")))
+        params = model_parameters(json.loads(args["model_config"]), ("weights", "detector"))
+        folder = Path(args["model_repository"]) / args["model_version"] / params["weights"]
+        config = config_from_dict(DetectorConfig, json.loads(params["detector"]))
         self.detector = FaceDetector(folder, config)
 
     def execute(self, requests: list[Any]) -> list[Any]:

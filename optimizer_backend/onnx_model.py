@@ -38,8 +38,17 @@ class ProviderError(RuntimeError):
     pass
 
 
-def model_parameters(model_config: dict[str, Any]) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+def model_parameters(model_config: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, str]:
+    """A model's ``config.pbtxt`` string parameters; the ``required`` ones, which the repository
+    always writes (their defaults are defined there: exporter.repository), must be present."""
+    params = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+    missing = [name for name in required if name not in params]
+    if missing:
+        raise ValueError(
+            f"{model_config.get('name', 'this model')}: config.pbtxt lacks parameter(s) {missing}; "
+            "build the repository with `python -m exporter repository`"
+        )
+    return params
 
 
 def split_rows(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:

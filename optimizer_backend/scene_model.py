@@ -19,9 +19,10 @@ retry UNAVAILABLE), else INTERNAL. Any other exception answers the requests it s
 ``<model>: internal error while <stage>: <type>`` and is logged with its traceback (which holds
 code and messages, never a key).
 
-Parameters (``config.pbtxt``, strings): ``scene`` (JSON object of SceneConfig overrides),
-``max_image_pixels`` (default 40 M), ``protect_max_batch`` (the ``anonymixer`` model's max
-batch, default 8), ``max_steps`` (default 500), ``output_format`` (``png`` default, or ``jpeg``).
+Parameters (``config.pbtxt``, strings, written by ``exporter.repository``, which holds their
+defaults): ``scene`` (JSON object of SceneConfig overrides), ``max_image_pixels``,
+``protect_max_batch`` (the ``anonymixer`` model's max batch), ``max_steps`` (the ``anonymixer``
+model's); optional ``output_format`` (``png``, the default, or ``jpeg``).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ try:  # only importable inside the Triton Python backend
 except ImportError:  # pragma: no cover
     pb_utils = None
 
-DEFAULT_MAX_PHOTO_PIXELS = 40_000_000
 OUTPUT_FORMATS = ("png", "jpeg")
 INPUTS = ("IMAGE", "KEY", "STEPS")
+PARAMETERS = ("scene", "max_image_pixels", "protect_max_batch", "max_steps")
 
 Plan = list[tuple[PhotoItem, list[SceneFace]]]
 Failure = tuple[str, str, int]  # message, metrics reason, status
@@ -66,12 +67,12 @@ def encode_photo(image: np.ndarray, fmt: str) -> bytes:
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        params = model_parameters(json.loads(args["model_config"]))
-        self.config = SceneConfig.from_dict(json.loads(params.get("scene", "{}")))
-        self.max_pixels = int(params.get("max_image_pixels", str(DEFAULT_MAX_PHOTO_PIXELS)))
-        self.protect_batch = int(params.get("protect_max_batch", "8"))
-        self.max_steps = int(params.get("max_steps", "500"))
-        self.output_format = params.get("output_format", "png")
+        params = model_parameters(json.loads(args["model_config"]), PARAMETERS)
+        self.config = SceneConfig.from_dict(json.loads(params["scene"]))
+        self.max_pixels = int(params["max_image_pixels"])
+        self.protect_batch = int(params["protect_max_batch"])
+        self.max_steps = int(params["max_steps"])
+        self.output_format = params.get("output_format", OUTPUT_FORMATS[0])
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
         self.name = args["model_name"]
@@ -103,7 +104,7 @@ class TritonPythonModel:
                 try:
                     pngs = self._protect([face for _, face in chunk], steps)
                     stage = "decoding the protected faces"
-                    images = [decode_image(png, i) for i, png in enumerate(pngs)]
+                    images = [decode_image(png, i, self.max_pixels) for i, png in enumerate(pngs)]
                 except Exception as exc:  # the chunk's requests fail; the other chunks go on
                     failure = self._failure("face protection" if isinstance(exc, BLSError) else stage, exc)
                     for r in dict.fromkeys(r for r, _ in chunk):

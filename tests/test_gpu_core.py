@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from anonymixer import bundle, protect
+from anonymixer import bundle, protect, scheduler
 from anonymixer.bundle import Bundle
-from anonymixer.config import ProtectConfig
+from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.losses import E4EFeatureLoss
 from anonymixer.protect import Protector
 from anonymixer.refine import TF32, refine_latents
@@ -44,9 +44,7 @@ def test_refinement_on_cuda_equals_the_cpu(which: str, request: pytest.FixtureRe
     folder = request.getfixturevalue("tiny_bundle_dir" if which == "tiny" else "mobile_bundle_dir")
     cpu_model = bundle.load(folder)
     # the bundle's own settings, shortened; fp32 (IEEE on CUDA too: both TF32 flags off)
-    config = replace(
-        ProtectConfig.from_dict(cpu_model.config.get("algorithm", {})), views=2, inversion_steps=3, precision="fp32"
-    )
+    config = replace(resolve_settings(cpu_model.config).config, views=2, inversion_steps=3, precision="fp32")
     steps = 10 if which == "tiny" else 3
     images, groups = faces(3, seed=31), [0, 0, 1]  # a group of two; the third alone, with its 2 views
     keys = [b"k0", b"k0", b"k1"]
@@ -110,7 +108,7 @@ def test_no_recompile_after_the_warm_up(tiny_cuda: Bundle, mode: str) -> None:
     torch._dynamo.reset()
     config = ProtectConfig(views=0, compile=mode, batch_buckets=(2, 4, 8))
     protector = Protector(tiny_cuda, config)
-    assert protector.warm_up(max_items=7) == [2, 4, 8]
+    assert protector.scheduler.warm_up(max_items=7) == [2, 4, 8]
     with torch._dynamo.config.patch(error_on_recompile=True):
         for n, seed in ((1, 33), (3, 34), (4, 35), (6, 36)):
             assert len(protector.protect(faces(n, seed=seed), b"k", steps=3)) == n
@@ -128,23 +126,23 @@ def test_a_batch_larger_than_the_memory_budget_is_chunked_and_completes(
     tiny_cuda: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     measured = Protector(tiny_cuda, ProtectConfig(views=0))
-    per_item, fixed = measured.step_memory()
+    per_item, fixed = measured.scheduler.step_memory()
     print(f"tiny on CUDA: {per_item / 2**20:.1f} MiB per item, {fixed / 2**20:.1f} MiB fixed per refinement step")
-    assert per_item > 0 and measured.refine_limit() >= 1
+    assert per_item > 0 and measured.scheduler.limit() >= 1
     # a device whose free memory holds ~4.5 items at memory_fraction 0.8
     total = torch.cuda.mem_get_info(CUDA)[1]
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int((fixed + 4.5 * per_item) / 0.8), total))
     protector = Protector(tiny_cuda, ProtectConfig(views=0))
-    limit = protector.refine_limit()
+    limit = protector.scheduler.limit()
     assert 2 <= limit <= 6, limit
     sizes: list[int] = []
-    real = protect.refine_latents
+    real = scheduler.refine_latents
 
     def spy(mix: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         sizes.append(x.shape[0])
         return real(mix, x, *args, **kwargs)
 
-    monkeypatch.setattr(protect, "refine_latents", spy)
+    monkeypatch.setattr(scheduler, "refine_latents", spy)
     images = faces(12, seed=37)
     chunked = protector.protect(images, b"k", steps=3)
     assert len(chunked) == 12 and sum(sizes) == 12 and len(sizes) >= 2 and max(sizes) <= limit

@@ -282,7 +282,7 @@ def test_refinement_in_chunks_equals_one_batch_and_keeps_groups_whole(tiny_bundl
     groups = [0, 1, 1, 1, 2]
     whole = Protector(model, ProtectConfig(views=0, refine_batch=64)).protect(images, b"k", groups=groups, steps=4)
     chunked_protector = Protector(model, ProtectConfig(views=0, refine_batch=2))
-    chunks = chunked_protector._chunks(torch.tensor(groups))
+    chunks = chunked_protector.scheduler.chunks(torch.tensor(groups))
     assert [c.tolist() for c in chunks] == [[0], [1, 2, 3], [4]]  # the group of 3 is never split
     chunked = chunked_protector.protect(images, b"k", groups=groups, steps=4)
     for a, b in zip(whole, chunked, strict=True):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from anonymixer import bundle
-from anonymixer.config import ProtectConfig
+from anonymixer.config import Overrides, resolve_settings
 from anonymixer.face_detection import FaceDetector
 from anonymixer.images import open_rgb
 from anonymixer.losses import fr_crop
@@ -27,11 +27,11 @@ KEYS = (b"test key one", b"test key two")
 RUN_IN_SUBPROCESS = """
 import sys, numpy as np
 from anonymixer import bundle
-from anonymixer.config import ProtectConfig
+from anonymixer.config import Overrides, resolve_settings
 from anonymixer.protect import Protector
 model = bundle.load(sys.argv[1])
 face = np.load(sys.argv[2])
-config = ProtectConfig.from_dict({**model.config["algorithm"], **%r})
+config = resolve_settings(model.config, Overrides("the test", %r)).config
 out = Protector(model, config).protect([face], %r)[0]
 np.save(sys.argv[3], out.image)
 """
@@ -48,7 +48,7 @@ def face(mobile_bundle_dir: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def protector(mobile_bundle_dir: Path) -> Protector:
     model = bundle.load(mobile_bundle_dir)
-    return Protector(model, ProtectConfig.from_dict({**model.config["algorithm"], **FEW}))
+    return Protector(model, resolve_settings(model.config, Overrides("the test", FEW)).config)
 
 
 def cosine_to(protector: Protector, original: np.ndarray, images: np.ndarray) -> np.ndarray:

@@ -18,8 +18,9 @@ from anonymixer.config import ProtectConfig
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import E4EFeatureLoss, resize
 from anonymixer.mixing import Mix, mix_latents
-from anonymixer.protect import Protector, image_tensor, memory_chunk_limit
+from anonymixer.protect import Protector, image_tensor
 from anonymixer.refine import TF32, padded_size, refine_latents
+from anonymixer.scheduler import memory_chunk_limit
 from tests.test_protect import faces
 
 GiB = 2**30
@@ -190,16 +191,22 @@ def test_kept_outputs_survive_a_step_that_overwrites_its_last_outputs(
 
 def test_warm_up_runs_every_bucket_a_batch_can_be_padded_to(model: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
     sizes = spy_steps(monkeypatch)
-    assert Protector(model, ProtectConfig(views=0)).warm_up() == [] and sizes == []  # eager: nothing to compile
+    assert (
+        Protector(model, ProtectConfig(views=0)).scheduler.warm_up() == [] and sizes == []
+    )  # eager: nothing to compile
     protector = Protector(model, ProtectConfig(views=0, compile="default"))
-    assert protector.warm_up(max_items=3) == [1, 2, 4]  # a batch of 3 is padded to 4
+    assert protector.scheduler.warm_up(max_items=3) == [1, 2, 4]  # a batch of 3 is padded to 4
     assert sizes == [1] * 3 + [2] * 3 + [4] * 3
     sizes.clear()
     protector.protect(faces(3, seed=23), b"k", steps=2)
     assert sizes == [4, 4]  # a bucket the warm-up ran
     sizes.clear()
     # no max_items: every bucket up to the refinement batch limit (5, rounded down to the bucket 4)
-    assert Protector(model, ProtectConfig(views=0, compile="default", refine_batch=5)).warm_up(steps=1) == [1, 2, 4]
+    assert Protector(model, ProtectConfig(views=0, compile="default", refine_batch=5)).scheduler.warm_up(steps=1) == [
+        1,
+        2,
+        4,
+    ]
     assert sizes == [1, 2, 4]
 
 
@@ -218,7 +225,7 @@ def test_memory_chunk_limit() -> None:
 def test_refine_limit_on_cuda_comes_from_free_memory_and_the_step_memory(
     model: Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The CUDA branch of refine_limit with the device's answers stubbed: free memory plus what
+    """The CUDA branch of the scheduler's limit with the device's answers stubbed: free memory plus what
     torch's allocator holds unused, × memory_fraction, over the measured step memory."""
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GiB, 80 * GiB))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * GiB)
@@ -226,9 +233,9 @@ def test_refine_limit_on_cuda_comes_from_free_memory_and_the_step_memory(
 
     def limit(**config: Any) -> int:
         protector = Protector(model, ProtectConfig(views=0, **config))
-        protector.device = torch.device("cuda")  # only refine_limit reads it here
-        monkeypatch.setattr(protector, "step_memory", lambda: (GiB, GiB // 2))
-        return protector.refine_limit()
+        protector.scheduler.device = torch.device("cuda")  # only limit() reads it here
+        monkeypatch.setattr(protector.scheduler, "step_memory", lambda: (GiB, GiB // 2))
+        return protector.scheduler.limit()
 
     assert limit() == 8  # (11 · 0.8 − 0.5) / 1 = 8.3
     assert limit(memory_fraction=0.5) == 5  # (5.5 − 0.5) / 1
@@ -239,9 +246,9 @@ def test_refine_limit_on_cuda_comes_from_free_memory_and_the_step_memory(
 
 
 def test_refine_limit_on_the_cpu(model: Bundle) -> None:
-    assert Protector(model, ProtectConfig(views=0)).refine_limit() == 24
-    assert Protector(model, ProtectConfig(views=0, refine_batch=20)).refine_limit() == 20
-    assert Protector(model, ProtectConfig(views=0, refine_batch=20, compile="default")).refine_limit() == 16
+    assert Protector(model, ProtectConfig(views=0)).scheduler.limit() == 24
+    assert Protector(model, ProtectConfig(views=0, refine_batch=20)).scheduler.limit() == 20
+    assert Protector(model, ProtectConfig(views=0, refine_batch=20, compile="default")).scheduler.limit() == 16
 
 
 @pytest.mark.slow
@@ -251,7 +258,7 @@ def test_compiled_for_real_no_recompile_after_the_warm_up(model: Bundle) -> None
     are guarded as the requests' batches are. test_gpu_core.py repeats this on CUDA."""
     torch._dynamo.reset()
     protector = Protector(model, ProtectConfig(views=0, compile="default", batch_buckets=(2, 4)))
-    assert protector.warm_up(max_items=4, steps=1) == [2, 4]
+    assert protector.scheduler.warm_up(max_items=4, steps=1) == [2, 4]
     with torch._dynamo.config.patch(error_on_recompile=True):
         outcomes = [protector.protect(faces(n, seed=40 + n), b"k", steps=2) for n in (1, 3, 4)]
         # the check is live: one group of 5, past the last bucket (and the limit, 4), is a new shape
