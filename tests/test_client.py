@@ -19,6 +19,7 @@ from PIL import Image
 from anonymixer_client import (
     AnonymixerClient,
     AsyncAnonymixerClient,
+    CallRecord,
     DeadlineExceededError,
     InvalidInputError,
     Key,
@@ -111,6 +112,32 @@ def test_client_metrics(triton_server: EmbeddedTritonServer) -> None:
     text = generate_latest(registry).decode()
     assert 'anonymixer_client_requests_total{method="protect",outcome="ok"} 1.0' in text
     assert 'outcome="InvalidInputError"' in text and "anonymixer_client_bytes_sent_total" in text
+
+
+def test_call_records_per_item_keys_and_the_servers_statistics(triton_server: EmbeddedTritonServer) -> None:
+    """What the demo and the load benchmark read through the client: one CallRecord per request
+    (timings inside its latency), a key per item in one request, and Triton's counters."""
+    calls: list[CallRecord] = []
+    image = faces(1, seed=28)[0]
+    with AnonymixerClient(triton_server.grpc_url, on_call=calls.append, max_concurrency=1) as c:
+        before = c.statistics()
+        both = c.protect([image, image], [KEY, Key("a second key")], steps=1)  # one request, two keys
+        alone = c.protect([image], Key("a second key"), steps=1)[0]
+        with pytest.raises(InvalidInputError):
+            c.protect([b"junk"], KEY)
+        after = c.statistics()
+    assert float(both[1].template @ alone.template) >= 0.999 and float(both[0].template @ alone.template) < 0.999
+    assert [(r.method, r.outcome, r.items) for r in calls] == [
+        ("protect", "ok", 2),
+        ("protect", "ok", 1),
+        ("protect", "InvalidInputError", 1),
+    ]
+    first = calls[0]
+    assert 0 < first.build_seconds + first.parse_seconds < first.seconds and first.retries == 0
+    assert first.bytes_sent == 2 * len(png(image)) and first.bytes_received > first.bytes_sent // 100
+    assert calls[2].parse_seconds == 0 and calls[2].bytes_received == 0
+    assert after.model == "anonymixer" and after.inference_count >= before.inference_count + 3
+    assert after.success_count >= before.success_count + 2 and after.compute_infer_ns > before.compute_infer_ns
 
 
 def test_waits_for_a_server_that_starts_later(triton_repository: Path, tmp_path: Path) -> None:

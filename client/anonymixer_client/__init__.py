@@ -19,18 +19,29 @@ from anonymixer_client.errors import (
     NotServedError,
     ServerUnavailableError,
 )
-from anonymixer_client.types import DetectedFace, Key, ProtectedFace, ProtectedScene, Template, Verification
+from anonymixer_client.types import (
+    CallRecord,
+    DetectedFace,
+    Key,
+    ModelStatistics,
+    ProtectedFace,
+    ProtectedScene,
+    Template,
+    Verification,
+)
 
 __all__ = [
     "AccessDeniedError",
     "AnonymixerClient",
     "AnonymixerError",
     "AsyncAnonymixerClient",
+    "CallRecord",
     "DeadlineExceededError",
     "DetectedFace",
     "InvalidInputError",
     "Key",
     "ModelNotReadyError",
+    "ModelStatistics",
     "ModelUnavailableError",
     "NotServedError",
     "ProtectedFace",

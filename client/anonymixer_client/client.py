@@ -15,10 +15,12 @@ import tritonclient.grpc as grpcclient
 from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
 from anonymixer_client.metrics import ClientMetrics
 from anonymixer_client.types import (
+    CallRecord,
     DetectedFace,
     ImageLike,
     Key,
     KeyLike,
+    ModelStatistics,
     ProtectedFace,
     ProtectedScene,
     Template,
@@ -144,7 +146,9 @@ class AnonymixerClient:
     ``api_key`` is sent as the ``api-key`` header (a server started with ``--api-key-file``).
     ``timeout_s`` is the deadline of every call, retries included; a call that meets a retryable
     error (``ServerUnavailableError``, ``ModelUnavailableError``: a model restarting) is tried
-    again with backoff, at most ``retries`` times, while its deadline allows.
+    again with backoff, at most ``retries`` times, while its deadline allows. Every request the
+    client sends is reported, once done or failed for good, as a :class:`CallRecord` to
+    ``metrics`` and to ``on_call`` (its timings: what a load benchmark needs).
     """
 
     def __init__(
@@ -160,12 +164,13 @@ class AnonymixerClient:
         retries: int = 30,
         max_concurrency: int = 4,
         metrics: ClientMetrics | None = None,
+        on_call: Callable[[CallRecord], None] | None = None,
     ) -> None:
         self.url, self.ssl, self.root_certificates = url, ssl, root_certificates
         self.private_key, self.certificate_chain = private_key, certificate_chain
         self.headers = {API_KEY_HEADER: api_key} if api_key else None
         self.timeout_s, self.retries, self.max_concurrency = timeout_s, retries, max_concurrency
-        self.metrics = metrics
+        self.metrics, self.on_call = metrics, on_call
         self._client: Any = None
         self._max_batch: int | None = None
         self._lock = threading.Lock()
@@ -224,12 +229,48 @@ class AnonymixerClient:
                 self.metrics.retries.inc()
             time.sleep(delay)
 
-    def _with_retries(self, method: str, items: int, sent: int, attempt: Callable[[float], T]) -> tuple[T, int]:
-        """:meth:`_retrying`, with a final failure recorded in the metrics."""
+    def _request(
+        self,
+        method: str,
+        model: str,
+        build: Callable[[], tuple[list[Any], int]],
+        parse: Callable[[Any], tuple[T, int]],
+        items: int,
+        index: list[int] | None = None,
+    ) -> T:
+        """One request to ``model`` with retries: ``build()`` gives its tensors and the bytes they
+        carry, ``parse(result)`` the answer and the bytes it carried; its :class:`CallRecord` goes
+        to the observers, and ``index`` maps error item numbers to the caller's list."""
         start = time.perf_counter()
-        return self._retrying(
-            attempt, lambda error, retries: self._record(method, type(error).__name__, items, start, sent, 0, retries)
+        inputs, sent = build()
+        built = time.perf_counter()
+
+        def attempt(seconds: float) -> Any:
+            try:
+                return self._grpc().infer(model, inputs, client_timeout=seconds, headers=self.headers)
+            except Exception as exc:
+                raise map_error(exc, index=index) from None
+
+        def failed(error: AnonymixerError, retries: int) -> None:
+            outcome = type(error).__name__
+            self._record(
+                CallRecord(method, outcome, items, time.perf_counter() - start, built - start, 0.0, sent, 0, retries)
+            )
+
+        result, retries = self._retrying(attempt, failed)
+        answered = time.perf_counter()
+        value, received = parse(result)
+        done = time.perf_counter()
+        self._record(
+            CallRecord(method, "ok", items, done - start, built - start, done - answered, sent, received, retries)
         )
+        return value
+
+    def _record(self, call: CallRecord) -> None:
+        if self.metrics:
+            self.metrics.observe(call)
+        if self.on_call:
+            self.on_call(call)
 
     def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
         """Poll (with backoff) until the server and ``model`` are ready; a server may start later."""
@@ -274,6 +315,15 @@ class AnonymixerClient:
             info["dynamic_batching"] = config.get("dynamic_batching", {})
         return info
 
+    def statistics(self, model: str = MODEL) -> ModelStatistics:
+        """Triton's counters for ``model`` since it loaded (retried like a call)."""
+        stats, _ = self._retrying(
+            lambda seconds: self._call(
+                self._grpc().get_inference_statistics, model, as_json=True, client_timeout=seconds
+            )
+        )
+        return ModelStatistics.from_triton(model, stats["model_stats"][0])
+
     def max_batch(self) -> int:
         """The server's max batch (asked once, retried like a call: a server may be restarting)."""
         if self._max_batch is None:
@@ -305,29 +355,18 @@ class AnonymixerClient:
         self, chunk: list[int], payload: list[bytes], keys: list[bytes], groups: Sequence[int] | None, steps: int | None
     ) -> list[ProtectedFace]:
         images = [payload[i] for i in chunk]
-        inputs = build_inputs(
-            grpcclient, images, [keys[i] for i in chunk], None if groups is None else [groups[i] for i in chunk], steps
-        )
-        sent = sum(map(len, images))
 
-        def attempt(seconds: float) -> list[ProtectedFace]:
-            try:
-                result = self._grpc().infer(MODEL, inputs, client_timeout=seconds, headers=self.headers)
-            except Exception as exc:
-                raise map_error(exc, index=chunk) from None
-            return parse_faces(result)
+        def build() -> tuple[list[Any], int]:
+            chunk_groups = None if groups is None else [groups[i] for i in chunk]
+            return build_inputs(grpcclient, images, [keys[i] for i in chunk], chunk_groups, steps), sum(
+                map(len, images)
+            )
 
-        start = time.perf_counter()
-        faces, retries = self._with_retries("protect", len(chunk), sent, attempt)
-        received = sum(len(f.png) + f.template.nbytes for f in faces)
-        self._record("protect", "ok", len(chunk), start, sent, received, retries)
-        return faces
+        def parse(result: Any) -> tuple[list[ProtectedFace], int]:
+            faces = parse_faces(result)
+            return faces, sum(len(f.png) + f.template.nbytes for f in faces)
 
-    def _record(
-        self, method: str, outcome: str, items: int, start: float, sent: int, received: int, retries: int = 0
-    ) -> None:
-        if self.metrics:
-            self.metrics.record(method, outcome, items, time.perf_counter() - start, sent, received, retries)
+        return self._request("protect", MODEL, build, parse, len(chunk), index=chunk)
 
     def enroll(self, images: Sequence[ImageLike], key: KeyLike) -> Template:
         """A person's photos (one group) → one template: the normalised mean of the protected templates."""
@@ -342,17 +381,16 @@ class AnonymixerClient:
         """A whole photo with every face protected (or blurred, if too small), and what was found.
         Raises ``NotServedError`` if the server has no scene model."""
         raw = encode_image(image)
-        inputs = build_inputs(grpcclient, [raw], [Key.of(key).reveal()], None, steps)
+        secret = Key.of(key).reveal()
 
-        def attempt(seconds: float) -> ProtectedScene:
-            try:
-                return parse_scene(
-                    self._grpc().infer(SCENE_MODEL, inputs, client_timeout=seconds, headers=self.headers)
-                )
-            except Exception as exc:
-                raise map_error(exc) from None
+        def parse(result: Any) -> tuple[ProtectedScene, int]:
+            scene = parse_scene(result)
+            return scene, len(scene.data)
 
-        start = time.perf_counter()
-        scene, retries = self._with_retries("protect_scene", 1, len(raw), attempt)
-        self._record("protect_scene", "ok", 1, start, len(raw), len(scene.data), retries)
-        return scene
+        return self._request(
+            "protect_scene",
+            SCENE_MODEL,
+            lambda: (build_inputs(grpcclient, [raw], [secret], None, steps), len(raw)),
+            parse,
+            1,
+        )

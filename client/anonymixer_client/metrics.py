@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from anonymixer_client.types import CallRecord
+
 
 class ClientMetrics:
     """Requests and items by outcome, latency per method, retries, bytes sent and received."""
@@ -37,16 +39,14 @@ class ClientMetrics:
         self.bytes_sent = Counter(f"{namespace}_bytes_sent", "Payload bytes sent", registry=registry)
         self.bytes_received = Counter(f"{namespace}_bytes_received", "Payload bytes received", registry=registry)
 
-    def record(
-        self, method: str, outcome: str, items: int, seconds: float, sent: int, received: int, retries: int = 0
-    ) -> None:
-        self.requests.labels(method, outcome).inc()
-        if retries:
-            self.retried_calls.labels(method, outcome).inc()
-        self.items.labels(method, outcome).inc(items)
-        self.latency.labels(method).observe(seconds)
-        self.bytes_sent.inc(sent)
-        self.bytes_received.inc(received)
+    def observe(self, call: CallRecord) -> None:
+        self.requests.labels(call.method, call.outcome).inc()
+        if call.retries:
+            self.retried_calls.labels(call.method, call.outcome).inc()
+        self.items.labels(call.method, call.outcome).inc(call.items)
+        self.latency.labels(call.method).observe(call.seconds)
+        self.bytes_sent.inc(call.bytes_sent)
+        self.bytes_received.inc(call.bytes_received)
 
 
 def serve_metrics(port: int, registry: Any = None, addr: str = "127.0.0.1") -> None:

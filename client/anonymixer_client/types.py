@@ -7,7 +7,7 @@ import hmac
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -101,6 +101,56 @@ class ProtectedScene:
     @property
     def image(self) -> Image.Image:
         return Image.open(io.BytesIO(self.data))
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One request the client sent (a chunk of ``protect``, or one ``protect_scene``), as the
+    client's observers see it (``ClientMetrics``, ``on_call``). Never holds a key or a picture."""
+
+    method: str  # "protect" | "protect_scene"
+    outcome: str  # "ok", or the class name of the error the call raised
+    items: int
+    seconds: float  # from building the request to its parsed answer, retries and backoff included
+    build_seconds: float  # building the request tensors (perf_analyzer's "Client Send")
+    parse_seconds: float  # reading the answer into results (perf_analyzer's "Client Recv"; 0 on failure)
+    bytes_sent: int  # the encoded images
+    bytes_received: int  # the returned pictures and templates
+    retries: int
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Triton's counters for one model since it loaded (its statistics API); times are summed over
+    the successful requests."""
+
+    model: str
+    inference_count: int  # items inferred (a request of 4 faces counts 4)
+    execution_count: int  # executions (dynamic batches) run
+    success_count: int  # requests answered
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+    @classmethod
+    def from_triton(cls, model: str, stats: dict[str, Any]) -> ModelStatistics:
+        """From one ``model_stats`` entry of Triton's statistics in JSON."""
+        inference = stats.get("inference_stats", {})
+
+        def part(name: str, unit: str) -> int:
+            return int(inference.get(name, {}).get(unit, 0))
+
+        return cls(
+            model=model,
+            inference_count=int(stats.get("inference_count", 0)),
+            execution_count=int(stats.get("execution_count", 0)),
+            success_count=part("success", "count"),
+            queue_ns=part("queue", "ns"),
+            compute_input_ns=part("compute_input", "ns"),
+            compute_infer_ns=part("compute_infer", "ns"),
+            compute_output_ns=part("compute_output", "ns"),
+        )
 
 
 def encode_image(image: ImageLike) -> bytes:
