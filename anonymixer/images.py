@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,16 +34,6 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3] (:func:`quantize`, as a picture's array)."""
     return quantize(images).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def headless_pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_grid(columns: Sequence[torch.Tensor], path: str | Path, tile: int = 256, pad: int = 4) -> Path:

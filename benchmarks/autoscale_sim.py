@@ -221,9 +221,9 @@ def simulate(curve: PodCurve, hpa: Hpa, base: float, ramp: float, ramp_s: float,
 
 
 def plot(series: dict[str, list[float]], path: Path, title: str) -> None:
-    from anonymixer.images import headless_pyplot
+    from evaluation.plots import pyplot
 
-    plt = headless_pyplot()
+    plt = pyplot()
     minutes = np.array(series["t"]) / 60
     fig, axes = plt.subplots(4, 1, figsize=(7, 8), sharex=True)
     axes[0].plot(minutes, series["offered"], label="offered (faces/s)")

@@ -266,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     process = None
     served = args.describe or args.url
     if not args.url:
-        from optimizer_backend.cli import prepare_bundle, prepare_repository
+        from exporter.cache import cached_bundle, cached_repository
 
-        repository = prepare_repository(prepare_bundle("tiny", None), gpu=False, algorithm=CHAOS_ALGORITHM)
+        repository = cached_repository(cached_bundle("tiny", None), gpu=False, algorithm=CHAOS_ALGORITHM)
         ports = {name: free_port() for name in ("grpc", "http", "metrics", "health")}
         if args.command_from_k8s:
             command = k8s_command(args.command_from_k8s, repository, ports)

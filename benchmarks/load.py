@@ -1,10 +1,11 @@
 """Load benchmark of a running service over gRPC, in perf_analyzer's columns.
 
-    python -m benchmarks.load [--url 127.0.0.1:8001 | --start [--profile tiny|ffhq1024] [--gpu]]
+    python -m benchmarks.load [--url 127.0.0.1:8001 | --start [--profile tiny|ffhq1024|mobile1024] [--gpu]]
                               [--concurrency 1 2 4 8 | --request-rate 0.5 1 2 [--max-outstanding 64]]
                               [--duration 20] [--warmup 5] [--steps N] [--out DIR]
 
-For each concurrency level, that many threads (one gRPC client each) send one-face requests to
+For each concurrency level, that many threads (one client each: ``anonymixer_client``, the
+library a pipeline uses, without retries, as perf_analyzer does none) send one-face requests to
 ``anonymixer`` back to back; with ``--request-rate``, requests leave on a fixed schedule (open loop,
 up to ``--max-outstanding`` in flight, latency counted from the scheduled time). Each level runs
 ``--duration`` seconds after ``--warmup`` seconds that are not counted (a level with no answer yet
@@ -12,8 +13,9 @@ keeps measuring until one, up to 60 s). Per level it
 records what perf_analyzer reports — Inferences/Second, Client Send,
 Network+Server Send/Recv, Server Queue, Server Compute Input/Infer/Output, Client Recv and the
 p50/p90/p95/p99 latencies, all in µs — the server parts from the deltas of Triton's statistics
-API over the measured window. Client Send is building the request tensors, Client Recv is
-reading the outputs; Network+Server Send/Recv is what is left of the mean latency. Writes
+API over the measured window (``client.statistics()``). Client Send is building the request
+tensors, Client Recv is reading the outputs (the client's ``CallRecord``); Network+Server Send/Recv
+is what is left of the mean latency. A request that fails is counted, not measured. Writes
 ``load.csv``, ``load.json`` and ``load.md`` (with the machine) and ``latency_throughput.png`` to
 ``--out`` (default ``benchmarks/results/<date>-<machine>/``). ``--start`` starts the embedded server
 on loopback for the run: the tiny bundle, or ``--profile ffhq1024`` with seeded random weights in
@@ -26,15 +28,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from anonymixer_client import AnonymixerClient, AnonymixerError, CallRecord, ModelStatistics
 from benchmarks.machine import machine_label, results_dir, save_record
+
+MODEL = "anonymixer"
 
 LEVEL_COLUMN = {"concurrency": "Concurrency", "rate": "Request Rate"}  # perf_analyzer's first column
 COLUMNS = [
@@ -56,45 +61,56 @@ COLUMNS = [
 
 def sample_face() -> bytes:
     """The built-in portrait's face, aligned as the service expects, as PNG."""
+    from anonymixer.alignment import NEW_BUNDLE_FRAMING
     from anonymixer.face_detection import FaceDetector
     from anonymixer.samples import aligned_face, builtin_photos
     from optimizer_backend.decode import encode_png
 
     (_, photo), *_ = builtin_photos()
-    face = aligned_face(photo, FaceDetector(), framing="ffhq")  # new bundles' framing
+    face = aligned_face(photo, FaceDetector(), framing=NEW_BUNDLE_FRAMING)
     assert face is not None
     return encode_png(face)
 
 
-def server_totals(client: Any, model: str) -> dict[str, int]:
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    inference = stats.get("inference_stats", {})
-
-    def ns(name: str) -> int:
-        return int(inference.get(name, {}).get("ns", 0))
-
-    return {
-        "success": int(inference.get("success", {}).get("count", 0)),
-        "queue": ns("queue"),
-        "compute_input": ns("compute_input"),
-        "compute_infer": ns("compute_infer"),
-        "compute_output": ns("compute_output"),
-    }
-
-
-def settled_totals(client: Any, model: str, expected: int, timeout_s: float = 10.0) -> dict[str, int]:
+def settled_totals(client: AnonymixerClient, expected: int, timeout_s: float = 10.0) -> ModelStatistics:
     """Triton updates its statistics just after it answers: poll until they count every request."""
     deadline = time.monotonic() + timeout_s
     while True:
-        totals = server_totals(client, model)
-        if totals["success"] >= expected or time.monotonic() > deadline:
+        totals = client.statistics(MODEL)
+        if totals.success_count >= expected or time.monotonic() > deadline:
             return totals
         time.sleep(0.05)
 
 
+class Sender:
+    """One sending thread's client (no retries, as perf_analyzer makes none) and what it heard of
+    its last request."""
+
+    def __init__(self, url: str) -> None:
+        self.client = AnonymixerClient(url, timeout_s=600, retries=0, on_call=self._heard)
+        self.last: CallRecord | None = None
+
+    def _heard(self, call: CallRecord) -> None:
+        self.last = call
+
+    def protect(self, face: bytes, key: bytes, steps: int | None) -> CallRecord:
+        """One one-face request; its record (timings)."""
+        self.client.protect([face], key, steps=steps)
+        assert self.last is not None
+        return self.last
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_level(
     url: str,
-    model: str,
     face: bytes,
     level: float,
     duration: float,
@@ -107,52 +123,41 @@ def run_level(
     """One level: ``level`` closed-loop senders (``mode="concurrency"``), or ``level`` requests/s
     sent on a fixed schedule whatever the answers (``mode="rate"``, open loop; latency counts from
     the scheduled time, so waiting for one of ``max_outstanding`` senders is part of it)."""
-    import tritonclient.grpc as grpcclient
-
     records: list[tuple[float, float, float]] = []  # (latency, send, recv) in seconds, of requests done in the window
+    failures: list[str] = []
     lock = threading.Lock()
     measuring = threading.Event()
     stop = threading.Event()
-    counted = [0]
 
-    def send_one(client: Any, key: bytes, scheduled: float) -> None:
-        t0 = time.perf_counter()
-        inputs = []
-        for name, value, dtype in (("IMAGE", face, "BYTES"), ("KEY", key, "BYTES")):
-            tensor = grpcclient.InferInput(name, [1, 1], dtype)
-            tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            inputs.append(tensor)
-        if steps is not None:
-            tensor = grpcclient.InferInput("STEPS", [1, 1], "INT32")
-            tensor.set_data_from_numpy(np.array([[steps]], dtype=np.int32))
-            inputs.append(tensor)
-        t1 = time.perf_counter()
-        result = client.infer(model, inputs, client_timeout=600)
-        t2 = time.perf_counter()
-        result.as_numpy("PROTECTED"), result.as_numpy("TEMPLATE")
-        t3 = time.perf_counter()
+    def send_one(sender: Sender, key: bytes, scheduled: float) -> None:
+        try:
+            call = sender.protect(face, key, steps)
+        except AnonymixerError as exc:  # counted, not measured; the sender goes on
+            with lock:
+                failures.append(f"{type(exc).__name__}: {exc}")
+            return
+        done = time.perf_counter()
         if measuring.is_set():  # completed inside the measured window, as perf_analyzer counts
             with lock:
-                records.append((t3 - scheduled, t1 - t0, t3 - t2))
-                counted[0] += 1
-                if counted[0] >= cap:
+                records.append((done - scheduled, call.build_seconds, call.parse_seconds))
+                if len(records) >= cap:
                     stop.set()
 
     def closed_loop(index: int) -> None:
-        with grpcclient.InferenceServerClient(url) as client:
+        with Sender(url) as sender:
             n = 0
             while not stop.is_set():
-                send_one(client, f"load {index} {n}".encode(), time.perf_counter())
+                send_one(sender, f"load {index} {n}".encode(), time.perf_counter())
                 n += 1
 
     def open_loop() -> None:
-        local, clients = threading.local(), []
+        local, senders = threading.local(), []
 
         def task(key: bytes, scheduled: float) -> None:
-            if not hasattr(local, "client"):
-                local.client = grpcclient.InferenceServerClient(url)
-                clients.append(local.client)
-            send_one(local.client, key, scheduled)
+            if not hasattr(local, "sender"):
+                local.sender = Sender(url)
+                senders.append(local.sender)
+            send_one(local.sender, key, scheduled)
 
         pool = ThreadPoolExecutor(max_outstanding)
         next_time, n = time.perf_counter(), 0
@@ -162,18 +167,18 @@ def run_level(
             pool.submit(task, f"load rate {n}".encode(), next_time)
             n, next_time = n + 1, next_time + 1 / level
         pool.shutdown(wait=True, cancel_futures=True)
-        for client in clients:
-            client.close()
+        for sender in senders:
+            sender.close()
 
     if mode == "rate":
         threads = [threading.Thread(target=open_loop, daemon=True)]
     else:
         threads = [threading.Thread(target=closed_loop, args=(i,), daemon=True) for i in range(int(level))]
-    with grpcclient.InferenceServerClient(url) as stats_client:
+    with AnonymixerClient(url) as stats_client:
         for thread in threads:
             thread.start()
         time.sleep(warmup)
-        before = server_totals(stats_client, model)
+        before = stats_client.statistics(MODEL)
         measuring.set()
         start = time.perf_counter()
         stop.wait(duration)
@@ -184,14 +189,17 @@ def run_level(
         stop.set()
         for thread in threads:
             thread.join()
-        after = settled_totals(stats_client, model, before["success"] + len(records))
+        after = settled_totals(stats_client, before.success_count + len(records))
     if not records:
-        raise SystemExit(f"{mode} {level:g}: no request finished within {max(60.0, 3 * duration)} s")
+        problem = f"; {len(failures)} failed, the last: {failures[-1]}" if failures else ""
+        raise SystemExit(f"{mode} {level:g}: no request finished within {max(60.0, 3 * duration)} s{problem}")
+    if failures:
+        print(f"{mode} {level:g}: {len(failures)} request(s) failed, the first: {failures[0]}", file=sys.stderr)
     latency, send, recv = (np.array(column) * 1e6 for column in zip(*records, strict=True))
-    served = max(after["success"] - before["success"], 1)
+    served = max(after.success_count - before.success_count, 1)
 
     def server_us(part: str) -> float:
-        return (after[part] - before[part]) / served / 1e3
+        return (getattr(after, f"{part}_ns") - getattr(before, f"{part}_ns")) / served / 1e3
 
     server = {p: server_us(p) for p in ("queue", "compute_input", "compute_infer", "compute_output")}
     return {
@@ -216,9 +224,9 @@ def cell(value: float | int) -> str:
 
 
 def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    from anonymixer.images import headless_pyplot
+    from evaluation.plots import pyplot
 
-    plt = headless_pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     throughput = [r["Inferences/Second"] for r in rows]
@@ -238,17 +246,10 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
 
 def start_repository(profile: str, gpu: bool, stages_via: str = "bls") -> Path:
     """The model repository ``--start`` serves: the built-in tiny bundle, or seeded random weights
-    in the full-size ffhq1024 shapes (the official weights are not needed to measure speed)."""
-    from anonymixer import bundle, profiles
-    from optimizer_backend.cli import CACHE, prepare_bundle, prepare_repository
+    in the profile's full-size shapes (the real weights are not needed to measure speed)."""
+    from exporter.cache import cached_random_bundle, cached_repository
 
-    if profile == "tiny":
-        bundle_dir = prepare_bundle("tiny", None)
-    else:
-        bundle_dir = CACHE / "bundles" / f"{profile}-random-seed0"
-        if not (bundle_dir / bundle.MANIFEST).exists():
-            bundle.save(profiles.random_bundle(profile), bundle_dir, overwrite=True)
-    return prepare_repository(bundle_dir, gpu=gpu, stages_via=stages_via)
+    return cached_repository(cached_random_bundle(profile), gpu=gpu, stages_via=stages_via)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -268,7 +269,6 @@ def parser() -> argparse.ArgumentParser:
         help="--start: the gradient-free stages as BLS calls to the ONNX models, or in-process in PyTorch "
         "(a GPU without onnxruntime-gpu)",
     )
-    parser.add_argument("--model", default="anonymixer")
     levels = parser.add_mutually_exclusive_group()
     levels.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="closed-loop senders")
     levels.add_argument("--request-rate", type=float, nargs="+", help="open loop: requests/s per level instead")
@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         for level in args.request_rate or args.concurrency:
             row = run_level(
                 url,
-                args.model,
                 face,
                 level,
                 args.duration,
@@ -325,13 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows({k: cell(v) for k, v in r.items()} for r in rows)
     served = f"{args.profile} (random weights, started here)" if args.start else args.url
     record = save_record(
-        out / "load.json", "load", rows, model=args.model, served=served, steps=args.steps or "server default"
+        out / "load.json", "load", rows, model=MODEL, served=served, steps=args.steps or "server default"
     )
     machine = json.loads(record.read_text())["machine"]
-    title = f"{args.model} ({served}), STEPS {args.steps or 'default'} — {machine_label(machine)}"
+    title = f"{MODEL} ({served}), STEPS {args.steps or 'default'} — {machine_label(machine)}"
     plot(rows, out / "latency_throughput.png", title)
     lines = [
-        f"# Load benchmark, {args.model} — {served}",
+        f"# Load benchmark, {MODEL} — {served}",
         "",
         f"STEPS {args.steps or 'server default'}; {args.duration:g} s per level after {args.warmup:g} s warm-up; "
         "one face per request; latencies in µs.",

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from anonymixer import bundle as bundle_io
-from anonymixer.alignment import FRAMINGS
-from benchmarks.machine import describe
+from anonymixer.alignment import FRAMINGS, NEW_BUNDLE_FRAMING
+from anonymixer.machine import describe
 from evaluation.matchers import load_matchers
 from evaluation.protocol import evaluate_matcher
 from evaluation.report import write
@@ -41,6 +41,7 @@ from evaluation.run import (
     save_outcome,
     templates,
 )
+from exporter.cache import MissingInputError, cached_bundle
 
 
 def differences(report: dict[str, Any], model: bundle_io.Bundle | None) -> str:
@@ -70,7 +71,11 @@ def build_report(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     started = time.perf_counter()
     model = bundle_io.load(args.bundle) if args.bundle else None
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})  # its options, by name
-    framing = args.framing or (model.framing if model else "ffhq")
+    framing = args.framing or (model.framing if model else NEW_BUNDLE_FRAMING)
+    resolved = algorithm(model, settings) if model is not None else None
+    if resolved is not None and not args.rescore:
+        print(f"settings: {resolved.describe()}", file=sys.stderr)
+    config = resolved.config if resolved is not None else None
     faces, skipped = load_faces(Path(args.data), Path(args.identities), framing, args.limit_people)
     matchers = load_matchers(args.matchers, model)
     if args.rescore:
@@ -78,7 +83,6 @@ def build_report(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     else:
         outcome = run_protection(faces, settings, model=model, server=args.server)
         save_outcome(outcome, Path(args.out))
-    config = algorithm(model, settings) if model is not None else None
     report: dict[str, Any] = {
         "command": "python -m evaluation " + " ".join(args.argv),
         # seeded random bundles record their seed as their source (anonymixer.profiles)
@@ -188,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         if args.bundle:
             parser.error("give --bundle or --profile, not both")
-        from optimizer_backend.cli import prepare_bundle  # the same cache as `anonymixer serve`
-
-        args.bundle = str(prepare_bundle(args.profile, args.weights))
+        try:  # the same cache as `anonymixer serve`
+            args.bundle = str(cached_bundle(args.profile, args.weights))
+        except MissingInputError as exc:
+            parser.error(str(exc))
     if not args.bundle and not args.server and not args.rescore:
         parser.error("give --bundle DIR, --profile NAME or --server URL")
     out = Path(args.out)

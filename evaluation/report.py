@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from anonymixer.images import headless_pyplot, save_grid
+from anonymixer.images import save_grid
 from evaluation.matchers import as_unit
 from evaluation.metrics import error_rates, unlinkability
+from evaluation.plots import pyplot
 
 # FaceAnonyMixer (Alam et al., IJCB 2025) on CelebA-HQ with StyleGAN2 + e4e, 50 refinement steps;
 # CanFG's cross-key EER as the paper quotes it.
@@ -205,7 +206,7 @@ def verification_row(label: str, result: dict[str, Any]) -> str:
 
 def plot_unlinkability(mated: np.ndarray, non_mated: np.ndarray, path: Path, name: str) -> None:
     link = unlinkability(mated, non_mated)
-    plt = headless_pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(link.bin_centres, link.mated_density, label="mated (same person, other key)")
     ax.plot(link.bin_centres, link.non_mated_density, label="non-mated (other person)")
@@ -224,7 +225,7 @@ def plot_unlinkability(mated: np.ndarray, non_mated: np.ndarray, path: Path, nam
 
 def plot_error_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, name: str) -> None:
     """FNMR against FMR (a DET curve on log axes) for each (genuine, impostor) score set."""
-    plt = headless_pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (genuine, impostor) in curves.items():
         if not len(genuine) or not len(impostor):

@@ -41,7 +41,7 @@ def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path)
         [
             sys.executable,
             "-m",
-            "optimizer_backend.cli",
+            "apps",
             "serve",
             "--repository",
             str(repository),
@@ -82,7 +82,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         pytest.importorskip("skimage", reason="the built-in sample portrait ships with scikit-image")
         extra, rows, scene_name, scene_faces = [], 1, "astronaut", 1
     done = subprocess.run(
-        [sys.executable, "-m", "optimizer_backend.cli", "demo", "--profile", "tiny", "--steps", "2", *extra],
+        [sys.executable, "-m", "apps", "demo", "--profile", "tiny", "--steps", "2", *extra],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -146,7 +146,7 @@ def test_mobile1024_commands_say_what_they_need(tmp_path: Path) -> None:
     from tests.conftest import MOBILEFACENET, need
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "optimizer_backend.cli", *args]
+        command = [sys.executable, "-m", "apps", *args]
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)  # its build/cache is tmp's
 
     missing = run("serve", "--profile", "mobile1024")
@@ -155,7 +155,7 @@ def test_mobile1024_commands_say_what_they_need(tmp_path: Path) -> None:
     assert "python -m exporter download --dest DIR mobilefacenet" in missing.stderr
     assert not list(tmp_path.glob("build/cache/*"))
     need(MOBILEFACENET)
-    from optimizer_backend.cli import demo_weights
+    from apps.demo import demo_weights
 
     assert demo_weights("mobile1024", None) == ("mobile1024", str(MOBILEFACENET.parent))
     assert demo_weights("tiny", None) == ("tiny", None)

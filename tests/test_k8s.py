@@ -97,7 +97,7 @@ def triton_flags() -> set[str]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_server_command_is_one_its_program_accepts(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     """Every overlay runs the one supervised launcher; what it passes on to Triton is Triton's."""
-    from optimizer_backend.cli import build_parser
+    from apps.cli import build_parser
 
     container = server(rendered[overlay])
     command = container["command"] + container.get("args", [])

@@ -32,7 +32,7 @@ KEY = b"self-healing-key"
 def served(repository: Path, tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     """``anonymixer serve`` on free loopback ports: (process, gRPC address, health URL)."""
     ports = {name: free_port() for name in ("grpc", "http", "metrics", "health")}
-    command = [sys.executable, "-m", "optimizer_backend.cli", "serve", "--repository", str(repository)]
+    command = [sys.executable, "-m", "apps", "serve", "--repository", str(repository)]
     command += [f"--{name}-port={port}" for name, port in ports.items()]
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(

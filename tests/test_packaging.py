@@ -1,0 +1,67 @@
+"""A non-editable install: the wheel ``pip install .`` builds runs ``anonymixer --help`` and
+``python -m evaluation --help`` on its own (no checkout on the path, no benchmarks/), and the
+server's dependencies carry no plotting library."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel installed, without its dependencies, into a folder of its own."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(REPO)]
+    subprocess.run(build, check=True, capture_output=True, cwd=tmp)
+    (wheel,) = (tmp / "dist").glob("anonymixer-*.whl")
+    target = tmp / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)], check=True)
+    return target
+
+
+def run_installed(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Python with only the installed wheel and the environment's dependencies on its path: ``-S``
+    skips site.py, so the checkout's editable-install hook is never loaded."""
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{sysconfig.get_paths()['purelib']}"}
+    env.pop("PYTHONSAFEPATH", None)
+    return subprocess.run(
+        [sys.executable, "-S", *args], cwd=site.parent, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_wheel_holds_the_commands_and_not_the_benchmarks(installed: Path) -> None:
+    packages = {p.name for p in installed.iterdir() if (p / "__init__.py").exists()}
+    assert packages == {"anonymixer", "apps", "evaluation", "exporter", "optimizer_backend"}
+    (entry_points,) = installed.glob("anonymixer-*.dist-info/entry_points.txt")
+    assert "anonymixer = apps.cli:main" in entry_points.read_text()
+
+
+def test_its_commands_run_from_the_wheel_alone(installed: Path) -> None:
+    for args, expected in (
+        (["-c", "from apps.cli import main; main(['--help'])"], "{serve,demo}"),
+        (["-c", "from apps.cli import main; main(['serve', '--help'])"], "--probe-timeout"),
+        (["-m", "evaluation", "--help"], "--matchers"),
+    ):
+        done = run_installed(installed, *args)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert expected in done.stdout
+        assert str(installed) in run_installed(installed, "-c", "import apps; print(apps.__file__)").stdout
+
+
+def test_the_server_carries_no_plotting_library(installed: Path) -> None:
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in dependencies if d.startswith(("matplotlib", "seaborn", "plotly"))]
+    server = "apps.cli, optimizer_backend.serve, optimizer_backend.anonymixer_model, optimizer_backend.scene_model"
+    done = run_installed(installed, "-c", f"import sys, {server}; print('matplotlib' in sys.modules)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
