@@ -9,21 +9,19 @@ from typing import Any, TypeVar
 
 import tritonclient.grpc.aio as grpcaio
 
-from anonymixer_client.client import (
+from anonymixer_client.client import DEFAULT_THRESHOLD, enrolled, verification
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
+from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
+from anonymixer_client.wire import (
     API_KEY_HEADER,
-    DEFAULT_THRESHOLD,
     MODEL,
     build_inputs,
     channel_args,
-    enrolled,
     in_input_order,
     normalise_keys,
     parse_faces,
     plan_chunks,
-    verification,
 )
-from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
-from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
 
 T = TypeVar("T")
 
