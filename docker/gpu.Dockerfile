@@ -19,6 +19,7 @@ COPY pyproject.toml README.md /src/
 COPY anonymixer /src/anonymixer
 COPY exporter /src/exporter
 COPY optimizer_backend /src/optimizer_backend
+COPY apps /src/apps
 # no [gpu] extra: Triton's own onnxruntime/TensorRT backends serve the networks; the Python models
 # need torch and this project (onnxruntime-gpu beside onnxruntime would clash)
 RUN pip install /src && rm -rf /src

@@ -5,6 +5,7 @@ server's dependencies carry no plotting library."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -56,6 +57,18 @@ def test_its_commands_run_from_the_wheel_alone(installed: Path) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
         assert expected in done.stdout
         assert str(installed) in run_installed(installed, "-c", "import apps; print(apps.__file__)").stdout
+
+
+def test_the_gpu_image_copies_what_the_launcher_imports(installed: Path) -> None:
+    """docker/gpu.Dockerfile installs the project from the folders it copies: every project package
+    `anonymixer serve` imports must be among them (the image cannot be built here)."""
+    project = {"anonymixer", "apps", "evaluation", "exporter", "optimizer_backend", "anonymixer_client"}
+    probe = f"import sys, apps.cli; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {project})))"
+    done = run_installed(installed, "-c", probe)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dockerfile = (REPO / "docker" / "gpu.Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) /src/\1$", dockerfile, re.M))
+    assert set(done.stdout.split()) <= copied
 
 
 def test_the_server_carries_no_plotting_library(installed: Path) -> None:
