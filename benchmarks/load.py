@@ -254,6 +254,7 @@ def start_repository(profile: str, gpu: bool, stages_via: str = "bls") -> Path:
 
 def parser() -> argparse.ArgumentParser:
     from anonymixer.profiles import RANDOM_PROFILES
+    from optimizer_backend.serve import add_stages_argument
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="127.0.0.1:8001")
@@ -262,13 +263,7 @@ def parser() -> argparse.ArgumentParser:
         "--profile", choices=RANDOM_PROFILES, default="tiny", help="what --start serves (random weights)"
     )
     parser.add_argument("--gpu", action="store_true", help="--start with the models on GPU 0")
-    parser.add_argument(
-        "--stages-via",
-        choices=("bls", "torch"),
-        default="bls",
-        help="--start: the gradient-free stages as BLS calls to the ONNX models, or in-process in PyTorch "
-        "(a GPU without onnxruntime-gpu)",
-    )
+    add_stages_argument(parser)  # with --start
     levels = parser.add_mutually_exclusive_group()
     levels.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="closed-loop senders")
     levels.add_argument("--request-rate", type=float, nargs="+", help="open loop: requests/s per level instead")

@@ -14,6 +14,18 @@ from exporter.download import DEFAULT_FILES, OFFICIAL_FILES, DownloadError, down
 from exporter.repository import TARGETS, RepositoryOptions
 
 DEFAULTS = RepositoryOptions()  # every repository default, defined once there
+# the repository's numeric options: flag → (RepositoryOptions field, what it sets)
+REPOSITORY_NUMBERS = {
+    "--instances": ("instances", "instances per GPU, or on the CPU"),
+    "--max-batch": ("max_batch_size", "max_batch_size of every network model"),
+    "--max-queue-delay-us": ("max_queue_delay_us", "the networks' dynamic batcher delay"),
+    "--protect-max-batch": ("protect_max_batch", "anonymixer: items per execute"),
+    "--max-image-pixels": ("max_image_pixels", "anonymixer: largest aligned face"),
+    "--max-queue-size": ("max_queue_size", "anonymixer: requests allowed to wait; more are refused at once"),
+    "--queue-timeout": ("queue_timeout_s", "anonymixer: seconds a request may wait in the queue before it is refused"),
+    "--scene-max-batch": ("scene_max_batch", "anonymixer_scene: photos per execute"),
+    "--max-photo-pixels": ("max_photo_pixels", "anonymixer_scene: largest photo"),
+}
 
 
 def _bundle(args: argparse.Namespace) -> None:
@@ -78,21 +90,13 @@ def _repository(args: argparse.Namespace) -> None:
 
     options = RepositoryOptions(
         target=args.target,
-        max_batch_size=args.max_batch,
-        max_queue_delay_us=args.max_queue_delay_us,
         gpus=tuple(int(g) for g in args.gpus.split(",")) if args.gpus else (),
-        instances=args.instances,
         ort_provider=args.ort_provider,
-        protect_max_batch=args.protect_max_batch,
-        max_image_pixels=args.max_image_pixels,
-        max_queue_size=args.max_queue_size,
-        queue_timeout_s=args.queue_timeout,
         algorithm=args.algorithm,
         stages_via=args.stages_via,
-        scene_max_batch=args.scene_max_batch,
         scene=args.scene,
         detector=args.detector,
-        max_photo_pixels=args.max_photo_pixels,
+        **{field: getattr(args, field) for field, _ in REPOSITORY_NUMBERS.values()},
     )
     onnx_dir = Path(args.onnx) if args.onnx else Path(args.out).with_name(Path(args.out).name + "-onnx")
     if not args.onnx:
@@ -184,54 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--onnx", help="reuse ONNX models from this folder (default: export into OUT-onnx)")
     r.add_argument("--engines", help="TensorRT plans (tensorrt target)")
     r.add_argument("--gpus", default="", help="comma-separated GPU ids: KIND_GPU instances (default: KIND_CPU)")
-    r.add_argument(
-        "--instances",
-        type=int,
-        default=DEFAULTS.instances,
-        help=f"instances per GPU, or on the CPU (default {DEFAULTS.instances})",
-    )
-    r.add_argument(
-        "--max-batch",
-        type=int,
-        default=DEFAULTS.max_batch_size,
-        help=f"max_batch_size of every network model (default {DEFAULTS.max_batch_size})",
-    )
-    r.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        default=DEFAULTS.max_queue_delay_us,
-        help=f"the networks' dynamic batcher delay (default {DEFAULTS.max_queue_delay_us})",
-    )
+    for flag, (field, what) in REPOSITORY_NUMBERS.items():
+        value = getattr(DEFAULTS, field)
+        shown = f"{value:g}" if isinstance(value, float) else value
+        r.add_argument(flag, type=type(value), default=value, dest=field, help=f"{what} (default {shown})")
     r.add_argument(
         "--ort-provider",
         choices=["cuda", "tensorrt"],
         default=DEFAULTS.ort_provider,
         help="embedded target on GPUs: onnxruntime's CUDA or TensorRT provider",
-    )
-    r.add_argument(
-        "--protect-max-batch",
-        type=int,
-        default=DEFAULTS.protect_max_batch,
-        help=f"anonymixer: items per execute (default {DEFAULTS.protect_max_batch})",
-    )
-    r.add_argument(
-        "--max-image-pixels",
-        type=int,
-        default=DEFAULTS.max_image_pixels,
-        help=f"anonymixer: largest aligned face (default {DEFAULTS.max_image_pixels})",
-    )
-    r.add_argument(
-        "--max-queue-size",
-        type=int,
-        default=DEFAULTS.max_queue_size,
-        help=f"anonymixer: requests allowed to wait; more are refused at once (default {DEFAULTS.max_queue_size})",
-    )
-    r.add_argument(
-        "--queue-timeout",
-        type=float,
-        default=DEFAULTS.queue_timeout_s,
-        help="anonymixer: seconds a request may wait in the queue before it is refused "
-        f"(default {DEFAULTS.queue_timeout_s:g})",
     )
     r.add_argument(
         "--algorithm",
@@ -245,24 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         help="anonymixer: run encode/map/render/embed through BLS (default) or in-process torch",
     )
     r.add_argument(
-        "--scene-max-batch",
-        type=int,
-        default=DEFAULTS.scene_max_batch,
-        help=f"anonymixer_scene: photos per execute (default {DEFAULTS.scene_max_batch})",
-    )
-    r.add_argument(
         "--scene",
         default=DEFAULTS.scene,
         help='anonymixer_scene: JSON settings, e.g. \'{"min_face": 64, "small_faces": "keep"}\' (anonymixer.scene)',
     )
     r.add_argument(
         "--detector", default=DEFAULTS.detector, help="face_detector: JSON settings (anonymixer.face_detection)"
-    )
-    r.add_argument(
-        "--max-photo-pixels",
-        type=int,
-        default=DEFAULTS.max_photo_pixels,
-        help=f"anonymixer_scene: largest photo (default {DEFAULTS.max_photo_pixels})",
     )
     r.set_defaults(run=_repository)
 

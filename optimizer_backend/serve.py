@@ -23,6 +23,8 @@ from pathlib import Path
 
 from anonymixer import profiles
 from exporter.cache import cached_bundle, cached_repository
+from exporter.repository import RepositoryOptions
+from optimizer_backend.bls import VIA
 from optimizer_backend.server import EmbeddedTritonServer
 from optimizer_backend.supervisor import SupervisorSettings
 
@@ -37,10 +39,14 @@ def add_build_arguments(parser: argparse.ArgumentParser, default_profile: str, p
         "--generator-ir", help="mobile1024: folder with the MobileStyleGAN IR files (default: the random-face wheel)"
     )
     parser.add_argument("--gpu", action="store_true", help="run the models on GPU 0 (KIND_GPU instances)")
+    add_stages_argument(parser)
+
+
+def add_stages_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stages-via",
-        choices=("bls", "torch"),
-        default="bls",
+        choices=VIA,
+        default=RepositoryOptions().stages_via,
         help="the gradient-free stages: BLS calls to the ONNX network models (default), or in-process in "
         "PyTorch (a GPU without onnxruntime-gpu)",
     )
