@@ -20,9 +20,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,13 +28,10 @@ from anonymixer import bundle
 from anonymixer.config import Overrides, Settings, resolve_settings
 from anonymixer.face_detection import FaceDetector
 from anonymixer.samples import aligned_face, builtin_photos, photos_from
-from apps.demo_report import write_outputs
+from apps.demo_report import Served, write_outputs
 from exporter.cache import cached_bundle, cached_repository
 from optimizer_backend.serve import print_notice
 from optimizer_backend.server import EmbeddedTritonServer
-
-if TYPE_CHECKING:
-    from anonymixer_client import ProtectedFace, ProtectedScene
 
 DEMO_KEYS = ("demo key A", "demo key B")
 # What the demo changes on 2 CPU cores for mobile1024 so that it ends within 10 minutes (a real
@@ -47,17 +42,6 @@ DEMO_TIMEOUT_S = 1800.0  # one request of every face under every key took 310 s 
 SHARED = Path(os.environ.get("ANONYMIXER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SHARED_MOBILEFACENET = SHARED / "weights" / "mobilefacenet"
 DEMO_WEIGHTS = Path("build/weights")
-
-
-@dataclass
-class Served:
-    """What the service answered: per key, the faces in input order; per scene photo, its answer."""
-
-    faces: list[list[ProtectedFace]]
-    protect_seconds: float
-    scenes: list[ProtectedScene]
-    scene_seconds: list[float]
-    statistics: dict[str, int]
 
 
 def demo_weights(profile: str, weights: str | None) -> tuple[str, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,19 @@ from PIL import Image
 
 from anonymixer.images import save_grid
 
-if TYPE_CHECKING:
-    from apps.demo import Served
+if TYPE_CHECKING:  # the client is imported only where the service is called (apps.demo)
+    from anonymixer_client import ProtectedFace, ProtectedScene
+
+
+@dataclass
+class Served:
+    """What the service answered: per key, the faces in input order; per scene photo, its answer."""
+
+    faces: list[list[ProtectedFace]]
+    protect_seconds: float
+    scenes: list[ProtectedScene]
+    scene_seconds: list[float]
+    statistics: dict[str, int]
 
 
 def _as_unit(pictures: np.ndarray) -> torch.Tensor:

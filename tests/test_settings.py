@@ -45,7 +45,9 @@ def test_the_scene_model_takes_the_anonymixer_models_max_steps(tiny_bundle_dir: 
     model's settings (bundle < repository), not from a second default."""
     from tests.conftest import build_test_repository
 
-    out = build_test_repository(tiny_bundle_dir, tmp_path / "r", "--algorithm", json.dumps({"steps": 5, "max_steps": 40}))
+    out = build_test_repository(
+        tiny_bundle_dir, tmp_path / "r", "--algorithm", json.dumps({"steps": 5, "max_steps": 40})
+    )
     scene = read_config(out / "anonymixer_scene" / "config.pbtxt")
     anonymixer = read_config(out / "anonymixer" / "config.pbtxt")
     assert scene.parameters["max_steps"].string_value == "40"
