@@ -27,6 +27,7 @@ import numpy as np
 from anonymixer import bundle as bundle_io
 from anonymixer.alignment import FRAMINGS, NEW_BUNDLE_FRAMING
 from anonymixer.machine import describe
+from anonymixer.protect import Protector
 from evaluation.matchers import load_matchers
 from evaluation.protocol import evaluate_matcher
 from evaluation.report import write
@@ -81,7 +82,8 @@ def build_report(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
     if args.rescore:
         outcome = load_outcome(Path(args.rescore) / OUTCOME, faces)
     else:
-        outcome = run_protection(faces, settings, model=model, server=args.server)
+        protector = Protector(model, config) if model is not None else None
+        outcome = run_protection(faces, settings, protector=protector, server=args.server)
         save_outcome(outcome, Path(args.out))
     report: dict[str, Any] = {
         "command": "python -m evaluation " + " ".join(args.argv),

@@ -184,11 +184,11 @@ def protect_all(faces: list[Face], layout: Plan, protect: Protect) -> tuple[list
 
 
 def run_protection(
-    faces: list[Face], settings: Settings, *, model: bundle_io.Bundle | None, server: str | None
+    faces: list[Face], settings: Settings, *, protector: Protector | None, server: str | None
 ) -> Outcome:
-    """Protect every job, reconstruct, attack (the attacks and reconstructions need the bundle)."""
+    """Protect every job (in-process with ``protector``, or through the service at ``server``),
+    reconstruct, attack (the attacks and reconstructions need the bundle's ``protector``)."""
     layout = plan(faces, settings, secrets.token_bytes(32))
-    protector = Protector(model, algorithm(model, settings).config) if model is not None else None
     seconds = {}
     start = time.perf_counter()
     if server:
