@@ -17,7 +17,7 @@ is refused naming its layer:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -181,9 +181,6 @@ class Settings:
             if names:
                 parts.append(f"{layer}: " + ", ".join(f"{n}={getattr(self.config, n)}" for n in names))
         return "; ".join(parts) or "library defaults"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
 
 
 def resolve_settings(bundle_config: Mapping[str, Any], *overrides: Overrides) -> Settings:

@@ -91,17 +91,7 @@ class RefinementScheduler:
     ) -> RefineResult | str:
         """One refinement batch, or the message of the memory error it ran into."""
         try:
-            return refine_latents(
-                mix,
-                x,
-                groups,
-                generator=self.model.generator,
-                face_embedder=self.model.face_embedder,
-                attribute_loss=self.attribute_loss,
-                config=self.config,
-                steps=steps,
-                on_step=on_step,
-            )
+            return self._refine(mix, x, groups, steps, self.config, on_step)
         except MEMORY_ERRORS as exc:
             message = str(exc)
         # Only now are the failed step's frames, and the tensors they held, released.
@@ -196,15 +186,27 @@ class RefinementScheduler:
         x = torch.zeros(size, 3, ALIGNED_SIZE, ALIGNED_SIZE, device=self.device)
         w_real = model.latent_avg[None].repeat(size, 1, 1)
         mix = mix_latents(w_real, model.w_avg[None].repeat(size, 1), self.config.mix_mode, self.config.identity_layers)
+        return self._refine(mix, x, torch.arange(size, device=self.device), steps, config or self.config)
+
+    def _refine(
+        self,
+        mix: Mix,
+        x: torch.Tensor,
+        groups: torch.Tensor,
+        steps: int,
+        config: ProtectConfig,
+        on_step: StepCallback | None = None,
+    ) -> RefineResult:
         return refine_latents(
             mix,
             x,
-            torch.arange(size, device=self.device),
-            generator=model.generator,
-            face_embedder=model.face_embedder,
+            groups,
+            generator=self.model.generator,
+            face_embedder=self.model.face_embedder,
             attribute_loss=self.attribute_loss,
-            config=config or self.config,
+            config=config,
             steps=steps,
+            on_step=on_step,
         )
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "profile": profile,
         "bundle": str(bundle_dir),
         "repository": str(repository),
-        "settings": settings.as_dict(),
+        "settings": dataclasses.asdict(settings.config),
         "reconstruction_seconds": round(rebuilt_seconds, 1),
     }
     write_outputs(out, context, faces, rebuilt, scene_photos, served, args.pair, start)

@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from anonymixer_client import AnonymixerClient, AnonymixerError, CallRecord, ModelStatistics
+from anonymixer_client.wire import MODEL
 from benchmarks.machine import machine_label, results_dir, save_record
-
-MODEL = "anonymixer"
 
 LEVEL_COLUMN = {"concurrency": "Concurrency", "rate": "Request Rate"}  # perf_analyzer's first column
 COLUMNS = [
