@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,10 +20,15 @@ from tests.conftest import REPO
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel installed, without its dependencies, into a folder of its own."""
+    """The project's wheel installed, without its dependencies, into a folder of its own. Built from
+    a clean copy of the checkout: setuptools would leave build/ in the checkout, and a stale module
+    there would go into the next wheel."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    skipped = (".git", ".venv", "build", "out", "__pycache__", "*.egg-info", ".*_cache")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skipped))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(REPO)]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(source)]
     subprocess.run(build, check=True, capture_output=True, cwd=tmp)
     (wheel,) = (tmp / "dist").glob("anonymixer-*.whl")
     target = tmp / "site"
