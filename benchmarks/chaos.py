@@ -245,7 +245,7 @@ def start_serve(command: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import results_dir, save_record
-    from optimizer_backend.server import free_port
+    from optimizer_backend.server import free_ports
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__)
     parser.add_argument("--url", help="a running server's gRPC address (with --health)")
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         from exporter.cache import cached_bundle, cached_repository
 
         repository = cached_repository(cached_bundle("tiny", None), gpu=False, algorithm=CHAOS_ALGORITHM)
-        ports = {name: free_port() for name in ("grpc", "http", "metrics", "health")}
+        ports = dict(zip(("grpc", "http", "metrics", "health"), free_ports(4), strict=True))
         if args.command_from_k8s:
             command = k8s_command(args.command_from_k8s, repository, ports)
             served = f"k8s overlay {args.command_from_k8s}: {' '.join(command[1:])}"

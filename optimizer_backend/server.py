@@ -104,10 +104,14 @@ def _terminate_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all held open while picked, since the kernel may hand
+    a just-closed port out again and Triton refuses to start with two listeners on one port."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 class EmbeddedTritonServer:
@@ -129,9 +133,10 @@ class EmbeddedTritonServer:
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
-        self.grpc_port = grpc_port or free_port()
-        self.http_port = http_port or free_port()
-        self.metrics_port = metrics_port or free_port()
+        picked = iter(free_ports(3))
+        self.grpc_port = grpc_port or next(picked)
+        self.http_port = http_port or next(picked)
+        self.metrics_port = metrics_port or next(picked)
         self.log_file = Path(log_file) if log_file else self.repository.parent / "tritonserver.log"
         self.cache_dir = Path(cache_dir) if cache_dir else self.repository.parent / ".triton"
         self.extra_args = extra_args

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from optimizer_backend.server import free_port
+from optimizer_backend.server import free_ports
 from tests.conftest import FACES
 
 TILE = 260  # 256 px grid tile + 4 px gap
@@ -36,7 +36,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 def test_serve_serves_and_stops_cleanly(tmp_path: Path, triton_repository: Path) -> None:
     repository = Path(shutil.copytree(triton_repository, tmp_path / "repository"))  # its own processes
-    ports = [free_port() for _ in range(4)]
+    ports = free_ports(4)
     process = subprocess.Popen(
         [
             sys.executable,

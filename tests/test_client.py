@@ -25,7 +25,7 @@ from anonymixer_client import (
     Key,
 )
 from anonymixer_client.cli import main as client_main
-from optimizer_backend.server import EmbeddedTritonServer, free_port
+from optimizer_backend.server import EmbeddedTritonServer, free_ports
 from tests.test_anonymixer_server import png
 from tests.test_protect import faces
 
@@ -142,7 +142,7 @@ def test_call_records_per_item_keys_and_the_servers_statistics(triton_server: Em
 
 def test_waits_for_a_server_that_starts_later(triton_repository: Path, tmp_path: Path) -> None:
     repository = Path(shutil.copytree(triton_repository, tmp_path / "repository"))
-    port = free_port()
+    port, http_port, metrics_port = free_ports(3)  # Triton's other two listeners must not take ``port``
     outcome: list = []
     client = AnonymixerClient(f"127.0.0.1:{port}")
     waiter = threading.Thread(target=lambda: outcome.append(client.wait_until_ready(90) or "ready"))
@@ -153,7 +153,7 @@ def test_waits_for_a_server_that_starts_later(triton_repository: Path, tmp_path:
     caller = threading.Thread(target=lambda: answered.extend(early.protect([faces(1, seed=30)[0]], KEY, steps=1)))
     caller.start()
     time.sleep(2)  # both are already trying a port nobody listens on
-    with EmbeddedTritonServer(repository, grpc_port=port):
+    with EmbeddedTritonServer(repository, grpc_port=port, http_port=http_port, metrics_port=metrics_port):
         waiter.join(90)
         caller.join(120)
         assert outcome == ["ready"]
@@ -261,7 +261,7 @@ def test_cli_protects_a_folder_resumably(
         )
         == 0
     )
-    assert client_main(["--url", f"127.0.0.1:{free_port()}", "--timeout", "3", "health"]) == 4
+    assert client_main(["--url", f"127.0.0.1:{free_ports(1)[0]}", "--timeout", "3", "health"]) == 4
     assert client_main(["protect"]) == 2
 
 

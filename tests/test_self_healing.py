@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from anonymixer_client import AnonymixerClient, InvalidInputError, ModelUnavailableError
 from anonymixer_client.cli import main as client_main
 from benchmarks.chaos import DEFAULT_MODELS, health, run_chaos
-from optimizer_backend.server import free_port
+from optimizer_backend.server import free_ports
 from tests.test_anonymixer_server import png
 from tests.test_cli import processes_mentioning
 from tests.test_protect import faces
@@ -31,7 +31,7 @@ KEY = b"self-healing-key"
 @contextmanager
 def served(repository: Path, tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     """``anonymixer serve`` on free loopback ports: (process, gRPC address, health URL)."""
-    ports = {name: free_port() for name in ("grpc", "http", "metrics", "health")}
+    ports = dict(zip(("grpc", "http", "metrics", "health"), free_ports(4), strict=True))
     command = [sys.executable, "-m", "apps", "serve", "--repository", str(repository)]
     command += [f"--{name}-port={port}" for name, port in ports.items()]
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
