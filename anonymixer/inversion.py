@@ -22,6 +22,7 @@ from torch import nn
 
 from anonymixer.losses import ALIGNED_SIZE, FRFeatureLoss, resize
 from anonymixer.networks import AnyGenerator
+from anonymixer.synthesis import synthesize
 
 # Called after every step with (step index, per-item loss before it, W+ after it); a progress
 # bar or a benchmark recording the curve. Inversion cannot be cut short.
@@ -62,15 +63,22 @@ def invert_latents(
     steps: int,
     lr: float,
     on_step: InversionCallback | None = None,
+    resolution: int | None = None,
+    compile: str = "off",
 ) -> InversionResult:
-    """W+ [B, n_latent, d] whose renders reproduce the aligned faces ``x`` [B, 3, S, S]."""
+    """W+ [B, n_latent, d] whose renders reproduce the aligned faces ``x`` [B, 3, S, S].
+
+    Each step renders at ``resolution`` (``ProtectConfig.loss_resolution``; None: full), through
+    torch.compile when ``compile`` says so (:mod:`anonymixer.synthesis`)."""
     targets = loss.targets(x)
     param = latent_avg.detach()[None].repeat(x.shape[0], 1, 1).requires_grad_(True)
     optimiser = torch.optim.Adam([param], lr=lr)
     trace = []
     for step in range(steps):
         with torch.enable_grad():  # callers may hold a no_grad context for the stages around it
-            per_item = loss(generator.synthesis(param), targets)
+            if compile == "reduce-overhead":  # a new iteration for CUDA-graph trees
+                torch.compiler.cudagraph_mark_step_begin()
+            per_item = loss(synthesize(generator, param, resolution, compile), targets)
             optimiser.zero_grad(set_to_none=True)
             per_item.sum().backward()
         optimiser.step()

@@ -75,8 +75,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 
 
 # mobile1024's algorithm, each value chosen by a committed measurement on real photos (README,
-# "mobile1024: the measured choices"; benchmarks/results/2026-12-01-cpu-2core/). These are the
-# service's (GPU) defaults; the CPU demo lowers the step counts and prints what it uses.
+# "mobile1024: the measured choices"; benchmarks/results/2026-12-01-cpu-2core/), and how its
+# steps run (benchmarks/results/2026-12-05-cpu-2core/refine_mobile1024_cpu.json: what each bought).
 MOBILE1024_ALGORITHM: dict[str, Any] = {
     "inversion": "optimize",
     "inversion_steps": 50,  # inversion_mobile1024.json: the knee of identity (cos 0.72→0.90→0.96 at 25/50/100)
@@ -86,6 +86,14 @@ MOBILE1024_ALGORITHM: dict[str, Any] = {
     "lr": 0.005,
     "steps": 20,
     "views": 0,  # protection_mobile1024.json, "views": 2 views bought nothing at 4× the cost
+    # The losses see ≤ 256 px: render them the 1024 px image area-averaged to 512 px, exactly
+    # (MobileStyleGAN's LL band), skipping the last inverse wavelet transform and its 1024 px tensors.
+    "loss_resolution": 512,
+    # The synthesis compiled (anonymixer.synthesis): a static graph for batches of 1 and a
+    # shape-generic one from 2 up, both compiled at start-up; no padding past 2 (on the CPU a
+    # larger batch buys no speed per item, and padding would cost whole items).
+    "compile": "default",
+    "batch_buckets": [1, 2],
 }
 MOBILE1024_FRAMING = NEW_BUNDLE_FRAMING  # inversion_mobile1024.json: FFHQ vs e4e framing
 

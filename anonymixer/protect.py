@@ -247,6 +247,8 @@ class Protector:
                             loss=loss,
                             steps=self.config.inversion_steps,
                             lr=self.config.inversion_lr,
+                            resolution=self.config.loss_resolution,
+                            compile=self.config.compile,
                         ).w_plus
                         for chunk in self.scheduler.chunks(torch.arange(len(slots), device=self.device))
                     ]

@@ -7,16 +7,15 @@ gradients. The learning rate drops by γ at the given fractions of the steps (Mu
 stepped every iteration).
 
 The CUDA path: both TF32 flags are set for the precision (fp32 is IEEE fp32, cuDNN included);
-a compiled step (``ProtectConfig.compile``) runs the batch padded with inert items to one of a
-few sizes (``batch_buckets``), so it compiles once per bucket, not once per batch size; and
-nothing a step returns is kept beyond it uncopied, since a CUDA-graph replay
-(``reduce-overhead``) overwrites its outputs.
+with ``ProtectConfig.compile`` the generator's synthesis is compiled (:mod:`anonymixer.synthesis`)
+and the batch is padded with inert items to one of a few sizes (``batch_buckets``), so that
+CUDA graphs are recorded once per bucket, not once per batch size; and nothing a step returns is
+kept beyond it uncopied, since a CUDA-graph replay (``reduce-overhead``) overwrites its outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from anonymixer.config import ProtectConfig
 from anonymixer.losses import AttributeLoss, anonymity_loss, fr_crop, group_consistency_loss
 from anonymixer.mixing import Mix
 from anonymixer.networks import AnyGenerator
+from anonymixer.synthesis import synthesize
 
 # Called after every step with (step index, per-item cos(e(y), e(x))); returning False stops early.
 StepCallback = Callable[[int, torch.Tensor], bool | None]
@@ -68,9 +68,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def span(name: str) -> contextlib.AbstractContextManager[object]:
-    """A named range for torch.profiler (benchmarks/refine_bench.py --trace); nothing
-    inside a compiled step, where dynamo would drop it with a warning."""
-    return contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(name)
+    """A named range for torch.profiler (benchmarks/refine_bench.py --trace)."""
+    return torch.profiler.record_function(name)
 
 
 def set_memory_format(modules: Iterable[nn.Module], channels_last: bool) -> None:
@@ -125,7 +124,7 @@ def step_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step's forward pass: (per-item anonymity + attribute loss, cos(e(y), e(x)), group term)."""
     with span("synthesis"):
-        y = generator.synthesis(mix.assemble(param), resolution=config.loss_resolution)
+        y = synthesize(generator, mix.assemble(param), config.loss_resolution, config.compile)
     with span("face_embedder"):
         e_y = face_embedder(fr_crop(y)).float()
     cos = (e_y * e_x).sum(dim=1)
@@ -134,15 +133,6 @@ def step_losses(
         per_item = per_item + config.attribute_weight * attribute_loss(y, targets).float()
     group_term = config.consistency_weight * group_consistency_loss(e_y, groups)
     return per_item, cos, group_term
-
-
-@functools.cache
-def compiled_step_losses(mode: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    # One compiled function per mode for the process, specialised per batch shape: padded to
-    # ProtectConfig.batch_buckets, a few shapes. Dynamo's default limit (8 per function, all modes
-    # and configs together) would fall back to eager past that.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(step_losses, mode=mode, dynamic=False)
 
 
 def padded_size(items: int, buckets: tuple[int, ...]) -> int:
@@ -192,7 +182,6 @@ def refine_latents(
         mix, x, groups = pad_batch(mix, x, groups, pad_to)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    losses = step_losses if config.compile == "off" else compiled_step_losses(config.compile)
     with torch.no_grad():
         e_x = face_embedder(fr_crop(x)).float()
         targets = attribute_loss.targets(x)
@@ -209,7 +198,9 @@ def refine_latents(
                 # a new iteration for CUDA-graph trees: the last step's graph outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
             with autocast(device, config.precision), saved_tensor_budget(config.memory_budget_mib, x.shape[0]):
-                outputs = losses(param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config)
+                outputs = step_losses(
+                    param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config
+                )
             # A compiled step's outputs may live in CUDA-graph memory that its next replay
             # overwrites: what outlives the step is a copy, never an output itself. The padding's
             # items are dropped here, before anything is summed or kept.

@@ -9,8 +9,9 @@ holds, from one step's memory measured once), and refines each batch with
 that does not fit even alone is reported for its items, and the other batches go on. Batch
 composition changes no result: items' losses are independent except within a group.
 
-With ``compile`` on, :meth:`warm_up` compiles the step for every batch bucket a batch can be
-padded to, on inert items, before the first request.
+With ``compile`` on, :meth:`warm_up` runs the step for every batch bucket a batch can be padded
+to, on inert items, before the first request: the compiled synthesis it shares with the inversion
+(:mod:`anonymixer.synthesis`) then has its graphs.
 """
 
 from __future__ import annotations
@@ -115,16 +116,17 @@ class RefinementScheduler:
     def limit(self) -> int:
         """Items per refinement batch, whole groups (0: no limit), derived once: ``refine_batch``,
         else on the CPU :data:`CPU_REFINE_BATCH` and on CUDA what ``memory_fraction`` of the free
-        memory holds (:meth:`step_memory`). A compiled step pads each batch to its bucket, so the
-        limit is then rounded down to a bucket: padding never takes a batch past it."""
+        memory holds (:meth:`step_memory`). A compiled step pads each batch to its bucket, so a
+        limit below the last bucket is rounded down to a bucket: padding never takes a batch past it."""
         if self._limit is None:
             limit = self.config.refine_batch
             if not limit and self.device.type == "cpu":
                 limit = CPU_REFINE_BATCH
             elif not limit and self.device.type == "cuda":
                 limit = self._memory_limit()
-            if limit and self.config.compile != "off":
-                limit = max((b for b in self.config.batch_buckets if b <= limit), default=limit)
+            buckets = self.config.batch_buckets
+            if limit and self.config.compile != "off" and buckets and limit < buckets[-1]:
+                limit = max((b for b in buckets if b <= limit), default=limit)
             self._limit = limit
         return self._limit
 

@@ -1,29 +1,36 @@
 """Refinement-loop throughput: the naive baseline, ours, and each speed switch on its own.
 
     python -m benchmarks.refine_bench [--profile tiny|ffhq1024 | --bundle DIR] [--device cpu|cuda] [--batches 1 8]
-        [--steps 10] [--precision fp32 tf32 bf16] [--switches channels_last compile cuda_graphs loss_256]
-        [--no-combined] [--naive] [--trace] [--out DIR]
+        [--steps 10] [--precision fp32 tf32 bf16] [--switches channels_last compile cuda_graphs loss_256 loss_half]
+        [--stages refinement inversion] [--no-combined] [--naive] [--trace] [--out DIR]
 
 Per batch size, on the same seeded inputs, with random weights of a profile or the real weights
 of a bundle on disk (``--bundle``: mobile1024, whose inputs start from its latent_avg since it
 has no encoder; the inversion by optimisation is a stage of its own), with the bundle's own
 algorithm settings (identity rows, attribute loss):
 
-* ``naive`` — the published code's way: one image at a time with its own Adam, fp32, eager,
+* ``naive`` (refinement only) — the published code's way: one image at a time with its own Adam, fp32, eager,
   network weights not frozen;
-* ``fp32`` — ours: the whole batch under one Adam, frozen weights, gradients for the latent only;
+* ``fp32`` — ours, eager at full resolution: the whole batch under one Adam, frozen weights,
+  gradients for the latent only (the bundle's own ``compile`` and ``loss_resolution`` set aside);
 * each other precision (``tf32``, ``bf16`` autocast; CUDA only) and each switch on top of fp32 on
   its own: ``channels_last`` (NHWC), ``compile`` (torch.compile of the step), ``cuda_graphs``
-  (torch.compile mode ``reduce-overhead``; CUDA only), ``loss_256`` (losses on the 256 px image,
-  the full image rendered once at the end; only for generators larger than 256);
+  (torch.compile mode ``reduce-overhead``; CUDA only), ``loss_256`` (StyleGAN2: losses on the
+  256 px RGB skip, the full image rendered once at the end; only for generators larger than 256),
+  ``loss_half`` (MobileStyleGAN: losses on the image area-averaged to half size, exactly);
 * ``combined`` — the last precision with every switch that applies.
+
+``--stages``: the refinement step (the default) and the inversion-by-optimisation step (the
+same generator, the reconstruction loss; bundles without an encoder), each with every variant.
 
 Every variant reports (the median of ``--repeats`` timed runs) ms per step, images/s at the
 default 50 steps (batch / (50 · s per step)), peak memory of that variant's timed runs (CUDA's
 max allocated; on the CPU the peak resident set sampled during the runs, and how much it rose
 above the resident set before them), the first call's time (compilation), FLOPs per item-step (torch's
 FlopCounterMode, eager), achieved TFLOP/s, the ratio to the H100 BF16 floor of DESIGN §7 and its
-speed-up over ``naive`` and over ``fp32``. Correctness
+speed-up over ``naive`` and over ``fp32``. On the CPU also the CPU's floor: FLOPs per item-step ÷
+this CPU's peak, both as measured in the run (a large fp32 matmul on every core) and as the
+nominal figure of issue 26 (2 cores × 2.0 GHz × 32 FLOP per cycle, AVX2: 128 GFLOP/s). Correctness
 guard: each variant's refined latents are rendered at full resolution and compared with ``fp32``'s
 (largest and mean pixel difference in 8-bit levels, smallest template cosine; the guard passes
 when the cosine is ≥ 0.99), and ``fp32``'s with ``naive``'s. Items are refined images (no
@@ -54,6 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from anonymixer import bundle, profiles
 from anonymixer.bundle import Bundle
 from anonymixer.config import Overrides, ProtectConfig, resolve_settings
+from anonymixer.inversion import ReconstructionLoss, invert_latents
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
@@ -70,7 +78,9 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "compile": {"compile": "default"},
     "cuda_graphs": {"compile": "reduce-overhead"},
     "loss_256": {"loss_resolution": 256},
+    "loss_half": {"loss_resolution": "half"},  # the generator's size // 2
 }
+CPU_NOMINAL_GFLOPS = 128.0  # issue 26's floor: 2 cores × 2.0 GHz × (2 FMA units × 8 lanes × 2)
 STAGES = ("synthesis", "face_embedder", "attribute_loss", "backward", "adam")  # anonymixer.refine spans
 
 
@@ -82,8 +92,10 @@ class Inputs:
 
 
 def base_config(model: Bundle) -> ProtectConfig:
-    """The bundle's algorithm (its rows, attribute loss) without augmented views."""
-    return resolve_settings(model.config, Overrides("refine_bench", {"views": 0})).config
+    """The bundle's algorithm (its rows, attribute loss) without augmented views, eager at full
+    resolution: the step every speed switch is measured against."""
+    eager = {"views": 0, "compile": "off", "loss_resolution": None}
+    return resolve_settings(model.config, Overrides("refine_bench", eager)).config
 
 
 def make_inputs(model: Bundle, batch: int, device: torch.device) -> Inputs:
@@ -106,9 +118,20 @@ def skip_reason(name: str, device: torch.device, model: Bundle) -> str | None:
         return "CUDA only (the CPU path always runs fp32 eager)"
     if name == "loss_256" and model.resolution <= 256:
         return f"the generator renders {model.resolution} px: the losses already see ≤ 256 px"
-    if name == "loss_256" and model.config["generator"].get("network") == "mobilestylegan":
-        return "MobileStyleGAN has no intermediate images (only its last block reaches the image)"
+    mobile = model.config["generator"].get("network") == "mobilestylegan"
+    if name == "loss_256" and mobile:
+        return "MobileStyleGAN has no intermediate images (only its last block reaches the image): see loss_half"
+    if name == "loss_half" and not mobile:
+        return "StyleGAN2's lower resolutions are RGB skips, not the image averaged: see loss_256"
     return None
+
+
+def switch(name: str, model: Bundle) -> dict[str, Any]:
+    """The config values of a switch (or precision) for this bundle."""
+    values = dict(SWITCHES.get(name, {"precision": name}))
+    if values.get("loss_resolution") == "half":
+        values["loss_resolution"] = model.resolution // 2
+    return values
 
 
 def variant_configs(
@@ -122,13 +145,13 @@ def variant_configs(
         if reason:
             skipped[name] = reason
         else:
-            configs[name] = dataclasses.replace(base, **SWITCHES.get(name, {"precision": name}))
+            configs[name] = dataclasses.replace(base, **switch(name, model))
     applicable = [n for n in configs if n != "fp32"]
     if combined and len(applicable) > 1:
         precision = next((p for p in reversed(precisions) if p in configs), "fp32")
         overrides: dict[str, Any] = {"precision": precision}
         for name in (n for n in switches if n in configs):
-            overrides.update(SWITCHES[name])
+            overrides.update(switch(name, model))
         configs["combined"] = dataclasses.replace(base, **overrides)
     return configs, skipped
 
@@ -208,10 +231,13 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, float, floa
 
 
 class Case:
-    """One configuration of the loop on one batch: ``run(steps)`` → refined rows."""
+    """One configuration of one stage's loop on one batch: ``run(steps)`` → the optimised rows
+    (refinement: the trainable rows; inversion: W+)."""
 
-    def __init__(self, model: Bundle, inputs: Inputs, config: ProtectConfig, naive: bool = False) -> None:
-        self.model, self.inputs, self.config, self.naive = model, inputs, config, naive
+    def __init__(
+        self, model: Bundle, inputs: Inputs, config: ProtectConfig, naive: bool = False, stage: str = "refinement"
+    ) -> None:
+        self.model, self.inputs, self.config, self.naive, self.stage = model, inputs, config, naive, stage
         self.attribute_loss = build_attribute_loss(config, model)
 
     def _refine(self, mix: Mix, x: torch.Tensor, groups: torch.Tensor, steps: int, config: ProtectConfig) -> Any:
@@ -227,8 +253,23 @@ class Case:
             steps=steps,
         ).trainable
 
+    def _invert(self, steps: int, config: ProtectConfig) -> torch.Tensor:
+        m = self.model
+        return invert_latents(
+            self.inputs.x,
+            generator=m.generator,
+            latent_avg=m.latent_avg,
+            loss=ReconstructionLoss(m.face_embedder, config.inversion_perceptual_weight),
+            steps=steps,
+            lr=config.inversion_lr,
+            resolution=config.loss_resolution,
+            compile=config.compile,
+        ).w_plus
+
     def run(self, steps: int, config: ProtectConfig | None = None) -> torch.Tensor:
         config = config or self.config
+        if self.stage == "inversion":
+            return self._invert(steps, config)
         mix, x, groups = self.inputs.mix, self.inputs.x, self.inputs.groups
         if not self.naive:
             return self._refine(mix, x, groups, steps, config)
@@ -236,6 +277,10 @@ class Case:
         return torch.cat(
             [self._refine(mix.take(slice(i, i + 1)), x[i : i + 1], one, steps, config) for i in range(x.shape[0])]
         )
+
+    def w_plus(self, result: torch.Tensor) -> torch.Tensor:
+        """The W+ a result renders from."""
+        return result if self.stage == "inversion" else self.inputs.mix.assemble(result)
 
     def flops_per_step(self) -> int:
         """FLOPs of one step (forward and backward), eager: a 2-step call minus a 1-step call."""
@@ -287,11 +332,12 @@ def measure(
     }, trainable
 
 
-def agreement(model: Bundle, mix: Mix, fast: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+def agreement(case: Case, fast: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
     """Correctness guard: render both results at full resolution and compare pixels and templates."""
+    model = case.model
     with torch.no_grad():
-        a = model.generator.synthesis(mix.assemble(fast)).clamp(-1, 1).float()
-        b = model.generator.synthesis(mix.assemble(reference)).clamp(-1, 1).float()
+        a = model.generator.synthesis(case.w_plus(fast)).clamp(-1, 1).float()
+        b = model.generator.synthesis(case.w_plus(reference)).clamp(-1, 1).float()
         ta, tb = model.face_embedder(fr_crop(a)), model.face_embedder(fr_crop(b))
     cosine = float((ta * tb).sum(1).min())
     return {
@@ -347,13 +393,21 @@ def describe(row: dict[str, Any]) -> str:
     return text
 
 
-def save(args: argparse.Namespace, device: torch.device, rows: list[dict[str, Any]], skipped: dict[str, str]) -> Path:
+def save(
+    args: argparse.Namespace,
+    device: torch.device,
+    rows: list[dict[str, Any]],
+    skipped: dict[str, str],
+    peak_gflops: float | None,
+) -> Path:
     """The record so far, written after every batch size: a run stopped at its time limit (a GPU
-    lease) keeps what it measured. Batch sizes this run does not measure are kept from the file."""
+    lease) keeps what it measured. Batch sizes and stages this run does not measure are kept from the file."""
     path = Path(args.out) / f"refine_{args.profile}_{device.type}.json"
     if path.exists():  # a run split over several calls: keep the other batch sizes
         earlier = json.loads(path.read_text())["results"]
-        rows = sorted([r for r in earlier if r["batch"] not in args.batches] + rows, key=lambda r: r["batch"])
+        kept = [r for r in earlier if r["batch"] not in args.batches or r.get("stage", "refinement") not in args.stages]
+        rows = sorted(kept + rows, key=lambda r: (r.get("stage", "refinement"), r["batch"]))
+    floor = {"cpu_peak_gflops_measured": peak_gflops, "cpu_nominal_gflops": CPU_NOMINAL_GFLOPS} if peak_gflops else {}
     return save_record(
         path,
         "refine_bench",
@@ -361,7 +415,68 @@ def save(args: argparse.Namespace, device: torch.device, rows: list[dict[str, An
         profile=args.profile,
         skipped=skipped,
         guard=f"template cosine ≥ {GUARD_MIN_COSINE} against fp32 (pixel differences reported)",
+        **floor,
     )
+
+
+def measure_batch(
+    args: argparse.Namespace,
+    model: Bundle,
+    device: torch.device,
+    configs: dict[str, ProtectConfig],
+    stage: str,
+    batch: int,
+    peak_gflops: float | None,
+) -> list[dict[str, Any]]:
+    """Every variant of one stage at one batch size, side by side, fp32 first."""
+    inputs = make_inputs(model, batch, device)
+    base_row, base = measure(
+        Case(model, inputs, configs["fp32"], stage=stage), "fp32", args.steps, device, args.repeats
+    )
+    batch_rows = [base_row]
+    naive = args.naive and stage == "refinement"
+    if naive:
+        naive_case = Case(model, inputs, configs["fp32"], naive=True)
+        naive_row, naive_out = measure(naive_case, "naive", args.steps, device, args.repeats)
+        base_row.update(agreement(naive_case, base, naive_out))
+        batch_rows.append(naive_row)
+    for name, config in configs.items():
+        if name == "fp32":
+            continue
+        case = Case(model, inputs, config, stage=stage)
+        variant_row, out = measure(case, name, args.steps, device, args.repeats)
+        variant_row.update(agreement(case, out, base))
+        variant_row["speedup_vs_fp32"] = round(base_row["ms_per_step"] / variant_row["ms_per_step"], 2)
+        batch_rows.append(variant_row)
+    for row in batch_rows:
+        row["stage"] = stage
+        if naive and row["variant"] != "naive":
+            row["speedup_vs_naive"] = round(naive_row["ms_per_step"] / row["ms_per_step"], 2)
+        if peak_gflops:
+            flop = row["tflop_per_step_per_item"] * 1e12
+            row["cpu_floor_ms_per_item_step"] = round(flop / (peak_gflops * 1e9) * 1e3, 1)
+            row["cpu_nominal_floor_ms_per_item_step"] = round(flop / (CPU_NOMINAL_GFLOPS * 1e9) * 1e3, 1)
+            row["ms_per_item_step"] = round(row["ms_per_step"] / row["batch"], 1)
+            row["ratio_to_cpu_floor"] = round(row["ms_per_item_step"] / row["cpu_floor_ms_per_item_step"], 2)
+            row["ratio_to_cpu_nominal_floor"] = round(
+                row["ms_per_item_step"] / row["cpu_nominal_floor_ms_per_item_step"], 2
+            )
+        print(f"{args.profile} {device.type} {stage:10s} " + describe(row), flush=True)
+    return batch_rows
+
+
+def cpu_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """This CPU's fp32 peak as torch reaches it: a size² matmul on every intra-op thread, the best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: threads, caches, the clock
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return round(2 * size**3 / best / 1e9, 1)
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -371,30 +486,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs, skipped = variant_configs(args.precision, args.switches, args.combined, device, model)
     for name, reason in skipped.items():
         print(f"skip {name}: {reason}", flush=True)
+    peak_gflops = cpu_peak_gflops() if device.type == "cpu" else None
+    stages = [st for st in args.stages if st == "refinement" or model.encoder is None]
+    for st in set(args.stages) - set(stages):
+        skipped[st] = "the bundle has an encoder: no inversion by optimisation"
     rows = []
-    for batch in args.batches:
-        inputs = make_inputs(model, batch, device)
-        base_row, base = measure(Case(model, inputs, configs["fp32"]), "fp32", args.steps, device, args.repeats)
-        batch_rows = [base_row]
-        if args.naive:
-            naive_row, naive = measure(
-                Case(model, inputs, configs["fp32"], naive=True), "naive", args.steps, device, args.repeats
-            )
-            base_row.update(agreement(model, inputs.mix, base, naive))
-            batch_rows.append(naive_row)
-        for name, config in configs.items():
-            if name == "fp32":
-                continue
-            variant_row, out = measure(Case(model, inputs, config), name, args.steps, device, args.repeats)
-            variant_row.update(agreement(model, inputs.mix, out, base))
-            variant_row["speedup_vs_fp32"] = round(base_row["ms_per_step"] / variant_row["ms_per_step"], 2)
-            batch_rows.append(variant_row)
-        for row in batch_rows:
-            if args.naive and row["variant"] != "naive":
-                row["speedup_vs_naive"] = round(naive_row["ms_per_step"] / row["ms_per_step"], 2)
-            print(f"{args.profile} {device.type} " + describe(row), flush=True)
-        rows += batch_rows
-        record = save(args, device, rows, skipped)
+    for stage in stages:
+        for batch in args.batches:
+            rows += measure_batch(args, model, device, configs, stage, batch, peak_gflops)
+            record = save(args, device, rows, skipped, peak_gflops)
     if args.trace:
         inputs = make_inputs(model, max(args.batches), device)
         path = Path(args.out) / f"refine_profile_{args.profile}_{device.type}.md"
@@ -413,6 +513,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case; the median counts (default 3)")
     p.add_argument("--precision", nargs="+", default=["fp32", "tf32", "bf16"], choices=["fp32", "tf32", "bf16"])
     p.add_argument("--switches", nargs="*", default=list(SWITCHES), choices=list(SWITCHES))
+    p.add_argument("--stages", nargs="+", default=["refinement"], choices=["refinement", "inversion"])
     p.add_argument("--no-combined", dest="combined", action="store_false", help="skip the all-switches variant")
     p.add_argument("--naive", action="store_true", help="also run the published code's way at each batch size")
     p.add_argument("--trace", action="store_true", help="write a torch.profiler breakdown of one fp32 case")

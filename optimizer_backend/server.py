@@ -190,6 +190,9 @@ class EmbeddedTritonServer:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        # torch.compile's caches (ProtectConfig.compile) beside the repository, kept across restarts:
+        # a warm cache brings the compiled synthesis's start-up from about a minute to seconds
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache_dir / "inductor"))
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         if self.binary is not None:
             return env
@@ -218,7 +221,8 @@ class EmbeddedTritonServer:
         except OSError:
             return False
 
-    def wait_ready(self, timeout_s: float = 120.0) -> EmbeddedTritonServer:
+    def wait_ready(self, timeout_s: float = 600.0) -> EmbeddedTritonServer:
+        """Until every model is loaded: a compiled model's warm-up takes minutes on a cold cache."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -112,9 +112,12 @@ def test_no_recompile_after_the_warm_up(tiny_cuda: Bundle, mode: str) -> None:
     with torch._dynamo.config.patch(error_on_recompile=True):
         for n, seed in ((1, 33), (3, 34), (4, 35), (6, 36)):
             assert len(protector.protect(faces(n, seed=seed), b"k", steps=3)) == n
-        # the check is live: one group of 9, past the last bucket, is a new shape
+        # one group of 9, past the last bucket: the shape-generic graph compiled at the second bucket
+        assert len(protector.protect(faces(9, seed=38), b"k", groups=[0] * 9, steps=1)) == 9
+        # the check is live: a render at another resolution is a new graph
+        half = Protector(tiny_cuda, replace(config, loss_resolution=tiny_cuda.generator.size // 2))
         with pytest.raises(torch._dynamo.exc.RecompileError):
-            protector.protect(faces(9, seed=38), b"k", groups=[0] * 9, steps=1)
+            half.protect(faces(1, seed=39), b"k", steps=1)
     # and padding changed nothing: a padded compiled batch equals the eager one
     eager = Protector(tiny_cuda, ProtectConfig(views=0)).protect(faces(3, seed=34), b"k", steps=3)
     with torch._dynamo.config.patch(error_on_recompile=True):

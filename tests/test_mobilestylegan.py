@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from anonymixer import bundle
 from anonymixer.bundle import BundleError
@@ -80,7 +81,9 @@ def test_w_plus_rows(generator: MobileStyleGAN) -> None:
     assert difference.mean() > 1e-3 and difference.max() > 0.05
     with pytest.raises(ValueError, match=r"w_plus must be \[B, 23, 512\]"):
         generator.synthesis(w[:, None].expand(-1, 18, -1))
-    with pytest.raises(ValueError, match="renders only at 1024"):
+    # half size is the full render area-averaged, exactly (the LL band), with no inverse transform
+    torch.testing.assert_close(generator.synthesis(w, resolution=512), F.avg_pool2d(broadcast, 2), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="renders at 1024 px or, area-averaged, at 512 px"):
         generator.synthesis(w, resolution=256)
 
 

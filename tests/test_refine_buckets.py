@@ -4,7 +4,7 @@ copies, and the memory-budget batch limit. The CUDA runs themselves are in test_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from anonymixer import bundle, refine
+from anonymixer import bundle, refine, synthesis
 from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig
 from anonymixer.keys import SecretKey, key_latents
@@ -53,17 +53,16 @@ def run_refine(model: Bundle, mix: Mix, x: torch.Tensor, groups: list[int], conf
     )
 
 
-def spy_steps(monkeypatch: pytest.MonkeyPatch, wrap: Callable[..., Any] | None = None) -> list[int]:
-    """Patch the compiled step to the eager one (the compiled path, without compiling on a busy
-    CPU) and record the batch size of every step it runs."""
+def spy_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch the compiled synthesis to the eager one (the compiled path, without compiling on a
+    busy CPU) and record the batch size of every step it runs."""
     sizes: list[int] = []
-    eager = refine.step_losses
 
-    def step(param: torch.Tensor, *args: Any) -> Any:
-        sizes.append(param.shape[0])
-        return eager(param, *args)
+    def render(generator: Any, w_plus: torch.Tensor, resolution: int | None) -> torch.Tensor:
+        sizes.append(w_plus.shape[0])
+        return generator.synthesis(w_plus, resolution=resolution)
 
-    monkeypatch.setattr(refine, "compiled_step_losses", lambda mode: step)
+    monkeypatch.setattr(synthesis, "compiled_synthesis", lambda mode: render)
     return sizes
 
 
@@ -249,6 +248,15 @@ def test_refine_limit_on_the_cpu(model: Bundle) -> None:
     assert Protector(model, ProtectConfig(views=0)).scheduler.limit() == 24
     assert Protector(model, ProtectConfig(views=0, refine_batch=20)).scheduler.limit() == 20
     assert Protector(model, ProtectConfig(views=0, refine_batch=20, compile="default")).scheduler.limit() == 16
+    # a limit past the last bucket is not rounded: larger batches run unpadded (mobile1024's buckets)
+    assert Protector(model, ProtectConfig(views=0, compile="default", batch_buckets=(1, 2))).scheduler.limit() == 24
+
+
+def test_the_inversion_renders_through_the_compiled_synthesis(model: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = spy_steps(monkeypatch)
+    config = ProtectConfig(views=0, compile="default", inversion="optimize", inversion_steps=2)
+    Protector(model, config).protect(faces(3, seed=24), b"k", steps=1)
+    assert sizes == [3, 3, 4]  # two inversion steps of the three faces, unpadded; one refinement step padded
 
 
 @pytest.mark.slow
@@ -261,7 +269,10 @@ def test_compiled_for_real_no_recompile_after_the_warm_up(model: Bundle) -> None
     assert protector.scheduler.warm_up(max_items=4, steps=1) == [2, 4]
     with torch._dynamo.config.patch(error_on_recompile=True):
         outcomes = [protector.protect(faces(n, seed=40 + n), b"k", steps=2) for n in (1, 3, 4)]
-        # the check is live: one group of 5, past the last bucket (and the limit, 4), is a new shape
+        # one group of 5, past the last bucket: the shape-generic graph compiled at the second bucket
+        outcomes.append(protector.protect(faces(5, seed=45), b"k", groups=[0] * 5, steps=1))
+        # the check is live: a render at another resolution is a new graph
+        half = Protector(model, replace(protector.config, loss_resolution=model.generator.size // 2))
         with pytest.raises(torch._dynamo.exc.RecompileError):
-            protector.protect(faces(5, seed=45), b"k", groups=[0] * 5, steps=1)
-    assert [len(o) for o in outcomes] == [1, 3, 4]
+            half.protect(faces(1, seed=46), b"k", steps=1)
+    assert [len(o) for o in outcomes] == [1, 3, 4, 5]

@@ -60,20 +60,24 @@ def leaky_relu(x: torch.Tensor) -> torch.Tensor:
 class InverseHaar(nn.Module):
     """One level of the inverse Haar wavelet transform: (low [B,C,H,W], high [B,C,3,H,W]) → [B,C,2H,2W].
 
-    Each output pixel (2i+k, 2j+l) is Σ_band band[i, j] · rows[k] · cols[l]: one transposed
-    convolution with a 2×2 kernel per band, stride 2 (no overlap), grouped per channel.
+    Each output pixel (2i+k, 2j+l) is Σ_band band[i, j] · rows[k] · cols[l]; every product of two
+    db1 taps is ±½, so the four pixels of a 2×2 cell are ½ (LL ± LH ± HL ± HH). Written as those
+    sums and a pixel shuffle rather than a grouped transposed convolution: elementwise work that
+    torch.compile fuses with the modulation before it (and eager runs faster too,
+    ``benchmarks/refine_bench.py``); the same arithmetic to float rounding.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
-        kernel = torch.tensor([[[r * c for c in cols] for r in rows] for rows, cols in BAND_FILTERS])  # [4, 2, 2]
-        self.register_buffer("kernel", kernel.repeat(channels, 1, 1)[:, None], persistent=False)  # [4C, 1, 2, 2]
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         b, c, h, w = low.shape
-        bands = torch.cat([low[:, :, None], high], dim=2).reshape(b, c * WAVELET_BANDS, h, w)
-        return F.conv_transpose2d(bands, self.kernel.to(bands.dtype), stride=2, groups=c)
+        band1, band2, band3 = high.unbind(2)  # BAND_FILTERS[1:]: rows high; columns high; both high
+        plus1, minus1, plus3, minus3 = low + band1, low - band1, band2 + band3, band2 - band3
+        # pixels (k, l) = (0, 0), (0, 1), (1, 0), (1, 1) of each cell, channel-major for the shuffle
+        cells = torch.stack([plus1 + plus3, plus1 - plus3, minus1 + minus3, minus1 - minus3], dim=2)
+        return F.pixel_shuffle((cells * 0.5).reshape(b, c * WAVELET_BANDS, h, w), 2)
 
 
 def split_wavelets(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +170,11 @@ class MobileSynthesisBlock(nn.Module):
 
 
 class ToImage(nn.Module):
-    """Modulated 1×1 conv to 12 wavelet channels + bias, inverse Haar transform → RGB at twice the size."""
+    """Modulated 1×1 conv to 12 wavelet channels + bias, inverse Haar transform → RGB at twice the size.
+
+    ``area_average=True`` returns the image area-averaged to half its size instead, exactly: a 2×2
+    cell's mean is ½ LL (the high bands' taps sum to zero), so only the three LL channels are
+    computed and no inverse transform runs — what losses at ≤ half size need, for less work."""
 
     def __init__(self, in_channels: int, style_dim: int) -> None:
         super().__init__()
@@ -174,7 +182,10 @@ class ToImage(nn.Module):
         self.bias = nn.Parameter(torch.zeros(3 * WAVELET_BANDS))
         self.idwt = InverseHaar(3)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, area_average: bool = False) -> torch.Tensor:
+        if area_average:
+            low = F.conv2d(self.conv.modulation(x, w), self.conv.weight[:3]) + self.bias[None, :3, None, None]
+            return low * 0.5
         return self.idwt(*split_wavelets(self.conv(x, w) + self.bias[None, :, None, None], 3))
 
 
@@ -217,11 +228,12 @@ class MobileStyleGAN(nn.Module):
         return x
 
     def synthesis(self, w_plus: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
-        """W+ [B, n_latent, d] (or one w [B, d] for every row) → raw RGB [B, 3, size, size] (not clamped)."""
-        if resolution not in (None, self.size):
+        """W+ [B, n_latent, d] (or one w [B, d] for every row) → raw RGB [B, 3, size, size] (not clamped);
+        ``resolution`` ``size // 2``: the same image area-averaged to half size (:class:`ToImage`)."""
+        if resolution not in (None, self.size, self.size // 2):
             raise ValueError(
-                f"MobileStyleGAN renders only at {self.size} px (its IR has no intermediate images); "
-                f"got resolution {resolution}"
+                f"MobileStyleGAN renders at {self.size} px or, area-averaged, at {self.size // 2} px "
+                f"(its IR has no intermediate images); got resolution {resolution}"
             )
         if w_plus.dim() == 2 and w_plus.shape[1] == self.style_dim:
             w_plus = w_plus[:, None].expand(-1, self.n_latent, -1)
@@ -233,7 +245,7 @@ class MobileStyleGAN(nn.Module):
         x = self.conv1(self.input.expand(w_plus.shape[0], -1, -1, -1), w_plus[:, 0])
         for i, block in enumerate(self.blocks):
             x = block(x, w_plus[:, 1 + 3 * i : 4 + 3 * i])
-        return self.to_img(x, w_plus[:, -1])
+        return self.to_img(x, w_plus[:, -1], area_average=resolution == self.size // 2)
 
     def forward(self, w_plus: torch.Tensor) -> torch.Tensor:
         return self.synthesis(w_plus)
