@@ -9,8 +9,8 @@ is refused naming its layer:
    e.g. ``anonymixer.profiles.MOBILE1024_ALGORITHM``);
 3. **repository**: the ``anonymixer`` model's ``config.pbtxt`` parameter ``algorithm``
    (``python -m exporter repository --algorithm JSON``). The named overrides of tools that build
-   their own repository or protect in-process sit here too, printed where they apply: the demo
-   on a CPU (``apps.demo.DEMO_CPU``), the evaluation's options;
+   their own repository or protect in-process sit here too, printed where they apply: the demo's
+   ``--steps``, the evaluation's options;
 4. **request**: a request's ``STEPS`` (:meth:`ProtectConfig.steps_for`), up to ``max_steps``.
 """
 
@@ -161,7 +161,7 @@ class ProtectConfig:
 class Overrides:
     """One named layer of :class:`ProtectConfig` values (a JSON object's keys) over the layers below."""
 
-    source: str  # who sets them, as printed: "bundle", "repository parameter 'algorithm'", "the demo on a CPU"
+    source: str  # who sets them, as printed: "bundle", "repository parameter 'algorithm'", "--steps"
     values: Mapping[str, Any]
 
 
@@ -174,7 +174,7 @@ class Settings:
     sources: dict[str, str]  # field → the layer that set it; a field at its library default is absent
 
     def describe(self) -> str:
-        """``bundle: lr=0.005, steps=20; the demo on a CPU: steps=10``: each layer's values that hold."""
+        """``bundle: lr=0.005, steps=20; --steps: steps=10``: each layer's values that hold."""
         parts = []
         for layer in self.layers:
             names = [name for name, source in self.sources.items() if source == layer]

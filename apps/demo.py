@@ -1,8 +1,8 @@
 """``anonymixer demo``: sample faces and whole photos protected end to end by the embedded server.
 
 1. **Settings**: the profile's bundle and its Triton repository come from the build cache
-   (:mod:`exporter.cache`); with ``mobile1024`` on a CPU the repository carries the named override
-   :data:`DEMO_CPU` (printed), so that the run fits 10 minutes on 2 cores.
+   (:mod:`exporter.cache`), at the service's own settings (``--steps`` overrides the refinement's,
+   printed).
 2. **Faces**: the largest face of each sample photo, aligned to the bundle's framing.
 3. **The service**: the embedded Triton server on free loopback ports, spoken to only through the
    client library, as any pipeline would: every face under every key in one ``protect`` call (so
@@ -35,9 +35,6 @@ from optimizer_backend.serve import print_notice
 from optimizer_backend.server import EmbeddedTritonServer
 
 DEMO_KEYS = ("demo key A", "demo key B")
-# What the demo changes on 2 CPU cores for mobile1024 so that it ends within 10 minutes (a real
-# 1024 px refinement step costs ~2.3 s per face there); the service's own settings are the bundle's.
-DEMO_CPU = Overrides("the demo on a CPU", {"inversion_steps": 20, "steps": 10, "views": 0})
 DEMO_TIMEOUT_S = 1800.0  # one request of every face under every key took 310 s on 2 cores
 # ../shared beside the checkout (the project's data folder; ANONYMIXER_SHARED elsewhere), when present
 SHARED = Path(os.environ.get("ANONYMIXER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -68,13 +65,9 @@ def demo_weights(profile: str, weights: str | None) -> tuple[str, str | None]:
         return "tiny", None
 
 
-def demo_overrides(profile: str, gpu: bool, steps: int | None) -> list[Overrides]:
-    """The demo's named overrides of the service's settings: :data:`DEMO_CPU` for mobile1024 on a
-    CPU, and ``--steps``."""
-    layers = [] if gpu or profile != "mobile1024" else [DEMO_CPU]
-    if steps is not None:
-        layers.append(Overrides("--steps", {"steps": steps}))
-    return layers
+def demo_overrides(steps: int | None) -> list[Overrides]:
+    """The demo's named override of the service's settings: ``--steps``, when given."""
+    return [] if steps is None else [Overrides("--steps", {"steps": steps})]
 
 
 def demo_faces(args: argparse.Namespace, detector: FaceDetector, framing: str) -> list[tuple[str, np.ndarray]]:
@@ -141,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     profile, weights = demo_weights(args.profile, args.weights)
     bundle_dir = cached_bundle(profile, weights, generator_ir=args.generator_ir)
     config = bundle.read_config(bundle_dir)
-    overrides = demo_overrides(profile, args.gpu, args.steps)
+    overrides = demo_overrides(args.steps)
     settings = resolve_settings(config, *overrides)
     print(f"settings: {settings.describe()}", file=sys.stderr)
     merged = {k: v for layer in overrides for k, v in layer.values.items()}

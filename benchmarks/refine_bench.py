@@ -454,9 +454,9 @@ def measure_batch(
             row["speedup_vs_naive"] = round(naive_row["ms_per_step"] / row["ms_per_step"], 2)
         if peak_gflops:
             flop = row["tflop_per_step_per_item"] * 1e12
-            row["cpu_floor_ms_per_item_step"] = round(flop / (peak_gflops * 1e9) * 1e3, 1)
-            row["cpu_nominal_floor_ms_per_item_step"] = round(flop / (CPU_NOMINAL_GFLOPS * 1e9) * 1e3, 1)
-            row["ms_per_item_step"] = round(row["ms_per_step"] / row["batch"], 1)
+            row["cpu_floor_ms_per_item_step"] = round(flop / (peak_gflops * 1e9) * 1e3, 3)
+            row["cpu_nominal_floor_ms_per_item_step"] = round(flop / (CPU_NOMINAL_GFLOPS * 1e9) * 1e3, 3)
+            row["ms_per_item_step"] = round(row["ms_per_step"] / row["batch"], 2)
             row["ratio_to_cpu_floor"] = round(row["ms_per_item_step"] / row["cpu_floor_ms_per_item_step"], 2)
             row["ratio_to_cpu_nominal_floor"] = round(
                 row["ms_per_item_step"] / row["cpu_nominal_floor_ms_per_item_step"], 2

@@ -101,14 +101,14 @@ class TritonPythonModel:
             + f", steps {protect_config.steps}, views {protect_config.views}; settings: {settings.describe()}"
         )
         # Derive the refinement batch limit (on CUDA: measure a step's memory) and compile the
-        # step's batch buckets now, so that no request pays for either.
+        # synthesis for the batch buckets now (the inversion shares it), so that no request pays for either.
         start = time.perf_counter()
         items = int(config.get("max_batch_size", 0)) * (1 + protect_config.views)  # views join refined items
         compiled = self.protector.scheduler.warm_up(max_items=items or None)
         pb_utils.Logger.log_info(
             f"{self.name}: refinement warm-up in {time.perf_counter() - start:.1f} s: at most "
             f"{self.protector.scheduler.limit() or 'any number of'} items per refinement batch"
-            + (f", step compiled ({protect_config.compile}) for batches {compiled}" if compiled else "")
+            + (f", synthesis compiled ({protect_config.compile}) for batches {compiled}" if compiled else "")
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:

@@ -43,7 +43,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/client${PYTHONPATH:+:$PYTHONPATH
 # cheaper mobile1024 shapes (each batch size compiles once, about a minute).
 COMMON=(--device cuda --batches 1 8 32 --steps 5 --repeats 2 --out "$OUT")
 FFHQ_ARGS=(--profile ffhq1024 "${COMMON[@]}" --precision fp32 tf32 bf16 --switches channels_last --naive)
-MOBILE_ARGS=(--profile mobile1024 "${COMMON[@]}" --precision fp32 bf16 --switches compile cuda_graphs)
+MOBILE_ARGS=(--profile mobile1024 "${COMMON[@]}" --precision fp32 bf16 --switches loss_half compile cuda_graphs --stages refinement inversion)
 LOAD_ARGS=(--start --gpu --profile ffhq1024 --stages-via torch --concurrency 1 4 16 --duration 20 --warmup 10
            --out "$OUT")
 # name|share of the budget in %|command (each step also stops when the whole budget is spent)

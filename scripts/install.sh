@@ -43,4 +43,12 @@ if ! ldconfig -p | grep -q "libpython$PYV.so.1.0"; then
         echo "warning: the embedded Triton server needs libpython$PYV.so.1.0 (apt-get install libpython$PYV)" >&2
     fi
 fi
+# torch.compile (mobile1024's "compile": "default") builds its CPU kernels with the system's C++ compiler.
+if ! command -v g++ >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+    else
+        echo "warning: torch.compile needs a C++ compiler (apt-get install g++); without one mobile1024 cannot load" >&2
+    fi
+fi
 echo "installed into $VENV: $("$VENV/bin/python" -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)')"

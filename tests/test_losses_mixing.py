@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anonymixer.losses import anonymity_loss, fr_crop, group_consistency_loss
+from anonymixer.losses import anonymity_loss, fr_crop, group_consistency_loss, resize
 from anonymixer.mixing import mix_latents
 
 
@@ -49,6 +49,16 @@ def test_fr_crop_follows_the_psp_convention() -> None:
     img1024 = torch.randn(1, 3, 1024, 1024)
     pooled = F.avg_pool2d(img1024, 4)
     torch.testing.assert_close(fr_crop(img1024), F.adaptive_avg_pool2d(pooled[:, :, 35:223, 32:220], 112))
+
+
+def test_resize_is_the_area_average() -> None:
+    images = torch.randn(2, 3, 1024, 1024, requires_grad=True)
+    for size in (512, 256, 64, 112):  # integer factors as reshape-means; 1024/112 by adaptive pooling
+        torch.testing.assert_close(resize(images, size), F.adaptive_avg_pool2d(images, size), rtol=0, atol=1e-6)
+    # and so is its gradient: each pixel gets 1/factor² of its block's
+    resize(images, 256).sum().backward()
+    torch.testing.assert_close(images.grad, torch.full_like(images, 1 / 16))
+    assert resize(images[:, :, :64, :64], 128).shape == (2, 3, 128, 128)  # growing: bilinear
 
 
 def test_anonymity_loss_is_abs_cosine_minus_margin() -> None:

@@ -251,6 +251,8 @@ def test_mobile1024_served_protects_real_faces(mobile_bundle_dir: Path, tmp_path
     log = server.log_file.read_text()
     assert "NVIDIA Source Code License-NC" in log  # the terms, once, in the server's log
     assert "inversion optimize (2 steps)" in log
+    # the bundle's compiled synthesis, compiled at start-up for both graphs (batch 1 and from 2 up)
+    assert "synthesis compiled (default) for batches [1, 2]" in log
 
 
 def test_flop_count_of_the_generators_benchmark(generator: MobileStyleGAN) -> None:
