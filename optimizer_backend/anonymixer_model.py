@@ -34,7 +34,9 @@ networks' max_batch_size), ``max_image_pixels``; optional ``salt_file`` (deploym
 
 from __future__ import annotations
 
+import contextlib
 import json
+import locale
 import os
 import time
 from pathlib import Path
@@ -68,8 +70,18 @@ def read_salt(params: dict[str, str]) -> bytes:
     return Path(path).read_bytes().strip() if path else b""
 
 
+def utf8_text_files() -> None:
+    """Make UTF-8 the default encoding of text files in this stub. Triton's stub starts Python
+    without taking the locale from the environment, so it runs in the C locale (ASCII), and
+    torch.compile opens its UTF-8 kernel templates with the default encoding."""
+    if locale.getpreferredencoding(False).replace("-", "").lower() != "utf8":
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        utf8_text_files()
         config = json.loads(args["model_config"])
         params = model_parameters(config, PARAMETERS)
         if args.get("model_instance_kind") == "GPU":
