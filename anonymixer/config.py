@@ -28,8 +28,8 @@ from anonymixer.mixing import MIX_MODES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 INVERSIONS = ("auto", "encoder", "optimize")
-# torch.compile modes for the refinement step's forward (and so backward) pass; "reduce-overhead"
-# adds CUDA graphs. "off" runs eager.
+# torch.compile modes for the generator's synthesis in the inversion and refinement steps, forward
+# and so backward (anonymixer.synthesis); "reduce-overhead" adds CUDA graphs. "off" runs eager.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 T = TypeVar("T")
 
@@ -77,20 +77,23 @@ class ProtectConfig:
     inversion_steps: int = 50
     inversion_lr: float = 0.03
     inversion_perceptual_weight: float = 1.0  # × the FR early-feature L1 beside pixel MSE + L1 at 256
-    loss_resolution: int | None = None  # render the losses' images at this size (None: full)
+    # render the losses' images at this size (None: full): StyleGAN2's RGB skip at that size (a
+    # proxy), MobileStyleGAN's size // 2 (the full render area-averaged, exactly)
+    loss_resolution: int | None = None
     # at most this many items per Adam batch, whole groups (0: auto: 24 on the CPU, memory_fraction
-    # on CUDA); compiled, rounded down to a batch bucket so that padding never exceeds it
+    # on CUDA); compiled, a limit below the last bucket is rounded down to a bucket so that padding
+    # never exceeds it
     refine_batch: int = 0
     precision: str = "fp32"  # "fp32" | "tf32" | "bf16": CUDA only; the CPU always runs fp32
     channels_last: bool = False  # NHWC activations and weights in the refinement loop
-    compile: str = "off"  # COMPILE_MODES: torch.compile the step (compiled once per batch bucket)
+    compile: str = "off"  # COMPILE_MODES: torch.compile the synthesis (anonymixer.synthesis)
     # Compiled refinement batches are padded with inert items up to the next of these sizes, so
-    # torch.compile(dynamic=False) compiles one graph per bucket (Protector.warm_up compiles them at
-    # start-up) instead of one per batch size a server sees (1–48: 8 requests × 6 items). Eight
-    # buckets, eight compiles at start-up: powers of two up to 16 (at most 7 padded items, 9 → 16),
-    # then steps of 8 up to 48, a full batch of 8 requests with the default 5 views, where batches
-    # are large and padding at most a third of one. A batch larger than the last bucket runs
-    # unpadded (and compiles on first use). Eager ("off") never pads.
+    # that CUDA graphs are recorded once per bucket (Protector.warm_up runs them all at start-up)
+    # instead of once per batch size a server sees (1–48: 8 requests × 6 items): powers of two up
+    # to 16 (at most 7 padded items, 9 → 16), then steps of 8 up to 48, a full batch of 8 requests
+    # with the default 5 views, where batches are large and padding at most a third of one. The
+    # graphs themselves are two (automatic dynamic shapes: the first size, then one shape-generic
+    # graph). A batch larger than the last bucket runs unpadded. Eager ("off") never pads.
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48)
     # CUDA with refine_batch 0: a refinement batch holds at most (this fraction of the device's
     # free memory − the step's fixed part) / its memory per item, both measured once on the first
