@@ -76,8 +76,6 @@ def invert_latents(
     trace = []
     for step in range(steps):
         with torch.enable_grad():  # callers may hold a no_grad context for the stages around it
-            if compile == "reduce-overhead":  # a new iteration for CUDA-graph trees
-                torch.compiler.cudagraph_mark_step_begin()
             per_item = loss(synthesize(generator, param, resolution, compile), targets)
             optimiser.zero_grad(set_to_none=True)
             per_item.sum().backward()

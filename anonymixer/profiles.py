@@ -94,6 +94,10 @@ MOBILE1024_ALGORITHM: dict[str, Any] = {
     # larger batch buys no speed per item, and padding would cost whole items).
     "compile": "default",
     "batch_buckets": [1, 2],
+    # At most 2 items per Adam batch (whole groups) instead of the CPU's 24: per item a 1024 px step
+    # costs 519 / 569 / 768 ms at batch 1 / 2 / 8 on 2 cores, and batch 8 holds 7.5 GB
+    # (refine_mobile1024_cpu.json). On a GPU, "refine_batch": 0 (its memory decides) is the override.
+    "refine_batch": 2,
 }
 MOBILE1024_FRAMING = NEW_BUNDLE_FRAMING  # inversion_mobile1024.json: FFHQ vs e4e framing
 

@@ -194,9 +194,6 @@ def refine_latents(
     cancelled = False
     with precision_context(config.precision):
         for step in range(steps):
-            if config.compile == "reduce-overhead":
-                # a new iteration for CUDA-graph trees: the last step's graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
             with autocast(device, config.precision), saved_tensor_budget(config.memory_budget_mib, x.shape[0]):
                 outputs = step_losses(
                     param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config

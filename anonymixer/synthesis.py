@@ -37,4 +37,8 @@ def synthesize(generator: AnyGenerator, w_plus: torch.Tensor, resolution: int | 
     """``generator.synthesis(w_plus, resolution=resolution)``, through torch.compile unless ``compile`` is "off"."""
     if compile == "off":
         return _synthesis(generator, w_plus, resolution)
+    if compile == "reduce-overhead":
+        # one render per optimisation step: each is a new iteration for CUDA-graph trees, which may
+        # then overwrite the last one's outputs (the loops keep nothing of them uncopied)
+        torch.compiler.cudagraph_mark_step_begin()
     return compiled_synthesis(compile)(generator, w_plus, resolution)
