@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from anonymixer.bundle import Bundle
+from anonymixer.config import ProtectConfig
 from anonymixer.losses import ALIGNED_SIZE, FRFeatureLoss, resize
 from anonymixer.networks import AnyGenerator
 from anonymixer.synthesis import synthesize
@@ -85,3 +87,20 @@ def invert_latents(
             on_step(step, per_item.detach(), param.detach())
     trace_tensor = torch.stack(trace) if trace else x.new_zeros((0, x.shape[0]))
     return InversionResult(param.detach(), trace_tensor)
+
+
+def invert_as_configured(
+    x: torch.Tensor, model: Bundle, config: ProtectConfig, steps: int | None = None
+) -> InversionResult:
+    """:func:`invert_latents` with the bundle's networks and ``config``'s inversion settings, as the
+    pipeline runs it; ``steps`` instead of ``config.inversion_steps`` (a benchmark's timed steps)."""
+    return invert_latents(
+        x,
+        generator=model.generator,
+        latent_avg=model.latent_avg,
+        loss=ReconstructionLoss(model.face_embedder, config.inversion_perceptual_weight),
+        steps=config.inversion_steps if steps is None else steps,
+        lr=config.inversion_lr,
+        resolution=config.loss_resolution,
+        compile=config.compile,
+    )

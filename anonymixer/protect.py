@@ -35,7 +35,7 @@ from anonymixer.augment import augmented_views, view_params
 from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.images import quantize, to_uint8
-from anonymixer.inversion import ReconstructionLoss, invert_latents
+from anonymixer.inversion import invert_as_configured
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
 from anonymixer.mixing import mix_latents
@@ -237,22 +237,8 @@ class Protector:
                 w = self.stages.encode(faces).float()
         else:
             with timer("invert"):
-                loss = ReconstructionLoss(self.model.face_embedder, self.config.inversion_perceptual_weight)
-                w = torch.cat(
-                    [
-                        invert_latents(
-                            faces[chunk],
-                            generator=self.model.generator,
-                            latent_avg=self.model.latent_avg,
-                            loss=loss,
-                            steps=self.config.inversion_steps,
-                            lr=self.config.inversion_lr,
-                            resolution=self.config.loss_resolution,
-                            compile=self.config.compile,
-                        ).w_plus
-                        for chunk in self.scheduler.chunks(torch.arange(len(slots), device=self.device))
-                    ]
-                )
+                chunks = self.scheduler.chunks(torch.arange(len(slots), device=self.device))
+                w = torch.cat([invert_as_configured(faces[c], self.model, self.config).w_plus for c in chunks])
         return w[torch.tensor(slot, device=self.device)]
 
     def invert(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -61,7 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from anonymixer import bundle, profiles
 from anonymixer.bundle import Bundle
 from anonymixer.config import Overrides, ProtectConfig, resolve_settings
-from anonymixer.inversion import ReconstructionLoss, invert_latents
+from anonymixer.inversion import invert_as_configured
 from anonymixer.keys import SecretKey, key_latents
 from anonymixer.losses import ALIGNED_SIZE, fr_crop, resize
 from anonymixer.mixing import Mix, mix_latents
@@ -254,17 +254,7 @@ class Case:
         ).trainable
 
     def _invert(self, steps: int, config: ProtectConfig) -> torch.Tensor:
-        m = self.model
-        return invert_latents(
-            self.inputs.x,
-            generator=m.generator,
-            latent_avg=m.latent_avg,
-            loss=ReconstructionLoss(m.face_embedder, config.inversion_perceptual_weight),
-            steps=steps,
-            lr=config.inversion_lr,
-            resolution=config.loss_resolution,
-            compile=config.compile,
-        ).w_plus
+        return invert_as_configured(self.inputs.x, self.model, config, steps).w_plus
 
     def run(self, steps: int, config: ProtectConfig | None = None) -> torch.Tensor:
         config = config or self.config

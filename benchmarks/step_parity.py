@@ -36,7 +36,7 @@ import torch
 from anonymixer import bundle
 from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.face_detection import FaceDetector
-from anonymixer.inversion import ReconstructionLoss, invert_latents
+from anonymixer.inversion import invert_as_configured
 from anonymixer.protect import Protector, image_tensor
 from benchmarks.face_measures import labelled_photos, psnr, to_256
 from benchmarks.machine import results_dir, save_record
@@ -63,16 +63,7 @@ def run_variant(model: bundle.Bundle, config: ProtectConfig, faces: list[np.ndar
     protector.scheduler.warm_up(max_items=len(faces))  # compiles (cached) before the clock starts
     x = torch.stack([image_tensor(face, protector.device) for face in faces])
     start = time.perf_counter()
-    inversion = invert_latents(
-        x,
-        generator=model.generator,
-        latent_avg=model.latent_avg,
-        loss=ReconstructionLoss(model.face_embedder, config.inversion_perceptual_weight),
-        steps=config.inversion_steps,
-        lr=config.inversion_lr,
-        resolution=config.loss_resolution,
-        compile=config.compile,
-    )
+    inversion = invert_as_configured(x, model, config)
     protected = protector.protect(faces, KEY, latents=inversion.w_plus)
     seconds = time.perf_counter() - start
     with torch.no_grad():
