@@ -8,20 +8,34 @@ big-endian words of the HKDF output stream. HKDF output is prefix-stable, so the
 values of a 512-value derivation equal a ``d``-value derivation (the small ``tiny`` profile uses
 the same stream). No torch random number generator is involved anywhere. Changing any of this
 changes every user's protected identity: bump ``KEY_DERIVATION_VERSION`` and the info string.
+
+``mapping(z)`` is the bundle's own PyTorch mapping network run in float32 on the CPU, one key at a
+time, whatever device, dtype or autocast the caller runs in (:func:`key_latents`): a key must mean
+the same face on every deployment. An FP16 TensorRT engine (its plan check allows 1 % per item) or
+bf16 autocast (5e-2 at most on a seeded 512-d mapping) move ``w``, and even fp32 kernels round a
+row differently with its batch size (a key alone and among 15 others differ by ~5e-6 on a CPU).
+The service reports :func:`identity_derivation` with every face, so that clients can tell
+templates of different derivations apart.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from anonymixer.networks import AnyGenerator
 from anonymixer.networks.stylegan2 import truncate
+
+if TYPE_CHECKING:  # anonymixer.config imports this module (through augment)
+    from anonymixer.config import ProtectConfig
 
 KEY_DERIVATION_VERSION = 1
 Z_INFO = b"anonymixer/v1/z"
@@ -100,15 +114,39 @@ def key_z(key: SecretKey, salt: bytes = b"", dim: int = 512) -> np.ndarray:
     return z.astype(np.float32)
 
 
+def identity_derivation(config: ProtectConfig) -> str:
+    """What turns a key into a protected identity under ``config``, e.g.
+    ``anonymixer/key-v1/paper/rows3-8/psi0.7``: templates of different derivations do not compare
+    (the service returns it with every face; clients refuse to verify across two)."""
+    start, stop = config.identity_layers
+    return f"anonymixer/key-v{KEY_DERIVATION_VERSION}/{config.mix_mode}/rows{start}-{stop}/psi{config.truncation_psi:g}"
+
+
+def cpu_float32(generator: AnyGenerator) -> AnyGenerator:
+    """``generator`` itself if it is all float32 on the CPU, else a float32 CPU copy of it: where
+    :func:`key_latents` runs the mapping. Make the copy once per process (a Protector does): the
+    function copies a GPU generator at every call."""
+    tensors = [*generator.parameters(), *generator.buffers()]
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return generator
+    return copy.deepcopy(generator).to("cpu", torch.float32)
+
+
 @torch.no_grad()
 def key_latents(
     keys: Sequence[SecretKey],
-    mapping: Callable[[torch.Tensor], torch.Tensor],
+    generator: AnyGenerator,
     w_avg: torch.Tensor,
     *,
     salt: bytes = b"",
     psi: float = 0.7,
 ) -> torch.Tensor:
-    """w_key [B, style_dim] for each key: ``mapping(z)`` (the generator's MLP) truncated toward ``w_avg``."""
-    z = torch.from_numpy(np.stack([key_z(k, salt, w_avg.shape[-1]) for k in keys])).to(w_avg.device)
-    return truncate(mapping(z), w_avg, psi)
+    """w_key [B, style_dim] for each key, on ``w_avg``'s device: ``generator.mapping(z)`` truncated
+    toward ``w_avg``, in float32 on the CPU (:func:`cpu_float32`), autocast off, each key alone
+    (a row's rounding would otherwise depend on its batch-mates). Bit-identical for a key and salt
+    whatever the caller's device, dtype, autocast or batch."""
+    cpu, centre = cpu_float32(generator), w_avg.detach().to("cpu", torch.float32)
+    with torch.autocast("cpu", enabled=False):
+        w = torch.cat([cpu.mapping(torch.from_numpy(key_z(k, salt, centre.shape[-1]))[None]) for k in keys])
+        return truncate(w, centre, psi).to(w_avg.device)
+

@@ -19,7 +19,8 @@ The pipeline, as the paper reads (DESIGN §5), one block each in :meth:`Protecto
 Identical images within one call are inverted once (a face protected under two keys, say): the
 inversion depends on the image alone, so sharing it changes no result. The gradient-free network
 calls are :class:`~anonymixer.stages.Stages` (the bundle's modules, or the Triton model's calls to
-the exported ones); the refinement always runs the PyTorch modules (it needs their gradients).
+the exported ones); the refinement always runs the PyTorch modules (it needs their gradients), and
+so do the keys' latents (:func:`~anonymixer.keys.key_latents`: fp32 on the CPU, the same everywhere).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.images import quantize, to_uint8
 from anonymixer.inversion import invert_as_configured
-from anonymixer.keys import SecretKey, key_latents
+from anonymixer.keys import SecretKey, cpu_float32, key_latents
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
 from anonymixer.mixing import mix_latents
 from anonymixer.refine import StepCallback, set_memory_format
@@ -119,6 +120,9 @@ class Protector:
         if self.config.channels_last:  # the refinement loop's layout (ProtectConfig.channels_last)
             set_memory_format(model.networks, channels_last=True)
         self.stages = stages or torch_stages(model)
+        # keys are mapped by the bundle's own network in fp32 on the CPU (anonymixer.keys), never
+        # through a stage: copied off the device once here, not at every call
+        self.key_generator = cpu_float32(model.generator)
         self.scheduler = RefinementScheduler(
             model, self.config, attribute_loss or build_attribute_loss(self.config, model)
         )
@@ -173,7 +177,7 @@ class Protector:
         # 3. invert, 4. mix
         w_real = (self._invert(x, timer) if latents is None else latents.to(self.device).float())[source]
         with torch.no_grad(), timer("map"):
-            w_key = key_latents(keys, stages.mapping, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
+            w_key = key_latents(keys, self.key_generator, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
         mix = mix_latents(w_real, w_key[source], self.config.mix_mode, self.config.identity_layers)
 
         # 5. refine

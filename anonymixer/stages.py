@@ -1,8 +1,9 @@
-"""The gradient-free network calls of the pipeline (encode, map, render, embed), and their timer.
+"""The gradient-free network calls of the pipeline (encode, render, embed), and their timer.
 
 They are :class:`Stages` callables: the bundle's PyTorch modules by default (:func:`torch_stages`);
 the Triton model swaps in calls to the exported models. The refinement itself always runs the
-PyTorch modules (it needs their gradients).
+PyTorch modules (it needs their gradients). The keys' mapping is no stage: it always runs the
+bundle's module in fp32 on the CPU (anonymixer.keys), so that a key means one face everywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ class Stages:
     """The gradient-free network calls, batch-first tensors on the Protector's device."""
 
     encode: Callable[[torch.Tensor], torch.Tensor]  # aligned [B, 3, 256, 256] → W+ (latent_avg added); e4e only
-    mapping: Callable[[torch.Tensor], torch.Tensor]  # z [B, d] → w [B, d]
     render: Callable[[torch.Tensor], torch.Tensor]  # W+ → image [B, 3, R, R]
     embed: Callable[[torch.Tensor], torch.Tensor]  # FR input [B, 3, 112, 112] → embedding [B, D]
 
@@ -35,7 +35,6 @@ def torch_stages(model: Bundle) -> Stages:
 
     return Stages(
         encode=encode,
-        mapping=model.generator.mapping,
         render=model.generator.synthesis,
         embed=model.face_embedder,
     )

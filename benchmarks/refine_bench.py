@@ -108,7 +108,7 @@ def make_inputs(model: Bundle, batch: int, device: torch.device) -> Inputs:
         else:  # no encoder: a seeded spread around latent_avg stands in for inverted faces
             spread = torch.randn(batch, model.n_latent, model.style_dim, generator=gen).to(device)
             w_real = model.latent_avg[None] + 0.1 * spread
-        w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator.mapping, model.w_avg)
+        w_key = key_latents([SecretKey(f"bench {i}") for i in range(batch)], model.generator, model.w_avg)
     mix = mix_latents(w_real, w_key, config.mix_mode, config.identity_layers)
     return Inputs(mix, x, torch.arange(batch, device=device))
 

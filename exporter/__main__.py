@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stages-via",
         choices=["bls", "torch"],
         default=DEFAULTS.stages_via,
-        help="anonymixer: run encode/map/render/embed through BLS (default) or in-process torch",
+        help="anonymixer: run encode/render/embed through BLS (default) or in-process torch",
     )
     r.add_argument(
         "--scene",

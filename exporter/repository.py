@@ -142,6 +142,7 @@ def anonymixer_config(embedding_size: int, options: RepositoryOptions) -> mc.Mod
     config.output.add(name="PROTECTED", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="TEMPLATE", data_type=mc.TYPE_FP32, dims=[embedding_size])
     config.output.add(name="ORIGINAL_SIMILARITY", data_type=mc.TYPE_FP32, dims=[1])
+    config.output.add(name="DERIVATION", data_type=mc.TYPE_STRING, dims=[1])  # stored with templates
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = options.protect_queue_delay_us
     batching.default_queue_policy.max_queue_size = options.max_queue_size
@@ -154,7 +155,7 @@ def anonymixer_config(embedding_size: int, options: RepositoryOptions) -> mc.Mod
         "algorithm": options.algorithm,
         "network_max_batch": str(options.max_batch_size),
         "max_image_pixels": str(options.max_image_pixels),
-        **{f"{stage}_via": options.stages_via for stage in ("encode", "mapping", "render", "embed")},
+        **{f"{stage}_via": options.stages_via for stage in ("encode", "render", "embed")},
     }
     for key, value in params.items():
         config.parameters[key].string_value = value

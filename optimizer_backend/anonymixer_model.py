@@ -3,14 +3,18 @@
 Inputs per item: ``IMAGE`` (encoded aligned face), ``KEY`` (1–1024 bytes), optional ``GROUP``
 (INT64; items of one request with one group are one person, refined jointly, so they must share
 their key and their STEPS) and ``STEPS`` (INT32). Outputs: ``PROTECTED`` (PNG), ``TEMPLATE`` (FP32
-[D]) and ``ORIGINAL_SIMILARITY`` (FP32 [1]), both of exactly the returned PNG's pixels.
+[D]) and ``ORIGINAL_SIMILARITY`` (FP32 [1]), both of exactly the returned PNG's pixels, and
+``DERIVATION`` (BYTES [1], UTF-8): the identity derivation that made the face
+(anonymixer.keys.identity_derivation of the settings), which clients store with templates.
 
 Every ``execute`` decodes and validates each request on its own (a bad request gets its own error,
 naming the input, item and reason), then refines the items of all good requests in one batch per
 distinct STEPS value (a group never spans two). Network calls without gradients go to the exported
 models through BLS (or in-process torch: the ``*_via`` parameters); the refinement runs in torch on
-this instance's device. A request cancelled by its client is answered CANCELLED; the loop stops
-early once every request of the batch is cancelled. Keys are never logged.
+this instance's device, and the keys' latents in fp32 torch on the CPU (never the served
+``stylegan2_mapping``, whatever its precision: a key means one face on every deployment). A
+request cancelled by its client is answered CANCELLED; the loop stops early once every request of
+the batch is cancelled. Keys are never logged.
 
 Failures reach only the requests they touch. A refinement batch out of memory (the device's, or the
 ``memory_budget_mib`` of ``algorithm``) is split in halves, whole groups, and retried, each split
@@ -27,7 +31,7 @@ answered UNSUPPORTED with the reason, while the bundle's network models serve as
 Parameters (``config.pbtxt``, all strings, written by ``exporter.repository``, which holds their
 defaults): ``bundle`` (folder in the version folder), ``algorithm`` (JSON object of ProtectConfig
 overrides: the repository layer of the settings, anonymixer.config), ``encode_via``,
-``mapping_via``, ``render_via``, ``embed_via`` (``bls`` | ``torch``), ``network_max_batch`` (the
+``render_via``, ``embed_via`` (``bls`` | ``torch``), ``network_max_batch`` (the
 networks' max_batch_size), ``max_image_pixels``; optional ``salt_file`` (deployment salt; the
 ``ANONYMIXER_SALT_FILE`` environment variable overrides it).
 """
@@ -48,6 +52,7 @@ import torch
 from anonymixer import bundle
 from anonymixer.bundle import BundleError
 from anonymixer.config import resolve_settings
+from anonymixer.keys import identity_derivation
 from anonymixer.protect import OutOfMemory, ProtectedFace, Protector
 from exporter.repository import algorithm_overrides
 from optimizer_backend.bls import STAGE_MODELS, bls_error_in, build_stages
@@ -97,6 +102,7 @@ class TritonPythonModel:
         self.max_pixels = int(params["max_image_pixels"])
         self.metrics = ModelMetrics(args["model_name"])
         self.name = args["model_name"]
+        self.derivation = identity_derivation(protect_config).encode()
         if model.notice:
             pb_utils.Logger.log_info(f"{self.name}: {model.notice}")
         self.unsupported: str | None = None
@@ -108,6 +114,7 @@ class TritonPythonModel:
             return
         pb_utils.Logger.log_info(
             f"{self.name}: {model.config['profile']} bundle on {self.device}, stages {via}, "
+            f"identity derivation {self.derivation.decode()}, "
             f"inversion {self.protector.inversion}"
             + (f" ({protect_config.inversion_steps} steps)" if self.protector.inversion == "optimize" else "")
             + f", steps {protect_config.steps}, views {protect_config.views}; settings: {settings.describe()}"
@@ -209,10 +216,12 @@ class TritonPythonModel:
         pngs = np.array([[encode_png(f.image)] for f in faces], dtype=np.object_)
         templates = np.stack([f.template for f in faces]).astype(np.float32)
         similarity = np.array([[f.original_similarity] for f in faces], dtype=np.float32)
+        derivation = np.array([[self.derivation]] * len(faces), dtype=np.object_)
         return [
             pb_utils.Tensor("PROTECTED", pngs),
             pb_utils.Tensor("TEMPLATE", templates),
             pb_utils.Tensor("ORIGINAL_SIMILARITY", similarity),
+            pb_utils.Tensor("DERIVATION", derivation),
         ]
 
     def _failure(self, exc: Exception) -> tuple[str, str, int]:

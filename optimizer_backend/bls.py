@@ -23,7 +23,6 @@ except ImportError:  # pragma: no cover
 
 STAGE_MODELS = {  # stage → (model, input, output)
     "encode": ("e4e_encoder", "image", "w_plus"),
-    "mapping": ("stylegan2_mapping", "z", "w"),
     "render": ("stylegan2_synthesis", "w_plus", "image"),
     "embed": ("face_embedder", "face", "embedding"),
 }

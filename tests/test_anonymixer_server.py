@@ -16,8 +16,10 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from anonymixer import bundle
-from anonymixer.config import ProtectConfig
+from anonymixer.config import ProtectConfig, resolve_settings
+from anonymixer.keys import identity_derivation
 from anonymixer.protect import Protector
+from exporter.repository import algorithm_overrides
 from optimizer_backend.server import EmbeddedTritonServer
 from tests.conftest import TEST_ALGORITHM, build_test_repository
 from tests.test_protect import faces
@@ -61,7 +63,12 @@ def protect(client, images, keys, **kwargs):
 FACE = png(faces(1, seed=7)[0])
 
 
-def test_contract(client) -> None:
+def served_config(bundle_dir: Path, algorithm: str = TEST_ALGORITHM) -> ProtectConfig:
+    """The settings a test repository's anonymixer model runs with: the bundle's under ``algorithm``."""
+    return resolve_settings(bundle.load(bundle_dir).config, algorithm_overrides(algorithm)).config
+
+
+def test_contract(client, tiny_bundle_dir: Path) -> None:
     config = client.get_model_config("anonymixer", as_json=True)["config"]
     inputs = {i["name"]: (i["data_type"], i["dims"], i.get("optional", False)) for i in config["input"]}
     assert inputs == {
@@ -74,10 +81,14 @@ def test_contract(client) -> None:
         "PROTECTED": "TYPE_STRING",
         "TEMPLATE": "TYPE_FP32",
         "ORIGINAL_SIMILARITY": "TYPE_FP32",
+        "DERIVATION": "TYPE_STRING",
     }
     result = protect(client, [FACE, FACE], [SECRET_KEYS[0], SECRET_KEYS[1]])
     pngs, templates, sims = (result.as_numpy(n) for n in ("PROTECTED", "TEMPLATE", "ORIGINAL_SIMILARITY"))
     assert pngs.shape == (2, 1) and templates.shape == (2, 128) and sims.shape == (2, 1)
+    derivation = identity_derivation(served_config(tiny_bundle_dir)).encode()
+    assert derivation == b"anonymixer/key-v1/paper/rows3-8/psi0.7"
+    assert result.as_numpy("DERIVATION").tolist() == [[derivation], [derivation]]
     assert templates.dtype == sims.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(templates, axis=1), 1, atol=1e-5)
     picture = Image.open(io.BytesIO(pngs[0, 0]))
@@ -101,6 +112,49 @@ def test_equals_the_in_process_protector(client, tiny_bundle_dir: Path) -> None:
         assert np.abs(served.astype(int) - face.image.astype(int)).max() <= 3
         assert float(result.as_numpy("TEMPLATE")[i] @ face.template) >= 0.999
         assert abs(float(result.as_numpy("ORIGINAL_SIMILARITY")[i, 0]) - face.original_similarity) < 5e-3
+
+
+SALT = b"deployment salt 4417"
+
+
+@pytest.fixture(scope="module")
+def in_process_server(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server with a deployment salt whose networks all run in the anonymixer model's own torch
+    (``--stages-via torch``): nothing between the library and the wire but Triton."""
+    folder = tmp_path_factory.mktemp("in_process")
+    repository = build_test_repository(tiny_bundle_dir, folder / "repository", "--stages-via", "torch")
+    (folder / "salt").write_bytes(SALT)
+    server = EmbeddedTritonServer(repository)
+    try:
+        with pytest.MonkeyPatch.context() as env:  # the server's environment only, not later servers'
+            env.setenv("ANONYMIXER_SALT_FILE", str(folder / "salt"))
+            server.start()
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def test_served_faces_are_the_librarys_for_the_same_key_and_salt(
+    in_process_server: EmbeddedTritonServer, tiny_bundle_dir: Path
+) -> None:
+    """The key's latent is computed alike in both (fp32 CPU mapping, each key alone): the mix alone
+    (0 steps) and the refined faces are pixel for pixel the library's, under the same derivation."""
+    images = faces(3, seed=33)
+    keys = [SECRET_KEYS[0], SECRET_KEYS[1], SECRET_KEYS[0]]
+    local = Protector(bundle.load(tiny_bundle_dir), served_config(tiny_bundle_dir), salt=SALT)
+    unsalted = Protector(bundle.load(tiny_bundle_dir), served_config(tiny_bundle_dir))
+    with grpcclient.InferenceServerClient(in_process_server.grpc_url) as c:
+        for steps in (0, 5):
+            result = c.infer("anonymixer", request_inputs([png(im) for im in images], keys, steps=[steps] * 3))
+            expected = local.protect(images, keys, steps=steps)
+            for i, face in enumerate(expected):
+                served = np.asarray(Image.open(io.BytesIO(result.as_numpy("PROTECTED")[i, 0])))
+                assert np.array_equal(served, face.image), (steps, i)
+                np.testing.assert_allclose(result.as_numpy("TEMPLATE")[i], face.template, atol=1e-6)
+            derivation = identity_derivation(local.config).encode()
+            assert result.as_numpy("DERIVATION").tolist() == [[derivation]] * 3
+    without_salt = unsalted.protect(images[:1], keys[0], steps=5)[0].image
+    assert not np.array_equal(without_salt, expected[0].image)  # the salt took part
 
 
 def settled_stats(client) -> dict:
@@ -375,13 +429,19 @@ def test_out_of_memory_splits_the_batch_and_fails_only_the_group_that_cannot_fit
 def test_a_network_model_down_is_unavailable_not_internal(budget_server: EmbeddedTritonServer) -> None:
     request = request_inputs([FACE], [SECRET_KEYS[0]], steps=[1])
     with grpcclient.InferenceServerClient(budget_server.grpc_url) as c:
-        c.unload_model("stylegan2_mapping")
+        c.unload_model("stylegan2_synthesis")
         try:
             with pytest.raises(InferenceServerException) as failed:
                 c.infer("anonymixer", request, client_timeout=120)
         finally:
-            c.load_model("stylegan2_mapping")
+            c.load_model("stylegan2_synthesis")
         assert failed.value.status() == "StatusCode.UNAVAILABLE"
         message = failed.value.message()
-        assert message.startswith("anonymixer: a network model is unavailable, retry: stylegan2_mapping: ")
-        assert c.infer("anonymixer", request, client_timeout=120).as_numpy("PROTECTED").shape == (1, 1)  # the retry
+        assert message.startswith("anonymixer: a network model is unavailable, retry: stylegan2_synthesis: ")
+        served = c.infer("anonymixer", request, client_timeout=120).as_numpy("PROTECTED")  # the retry
+        # keys never go through the served mapping network (anonymixer.keys): protecting needs none
+        c.unload_model("stylegan2_mapping")
+        try:
+            assert c.infer("anonymixer", request, client_timeout=120).as_numpy("PROTECTED").tolist() == served.tolist()
+        finally:
+            c.load_model("stylegan2_mapping")

@@ -21,10 +21,14 @@ from anonymixer_client import (
     AsyncAnonymixerClient,
     CallRecord,
     DeadlineExceededError,
+    DerivationMismatchError,
     InvalidInputError,
     Key,
+    ProtectedFace,
+    Template,
 )
 from anonymixer_client.cli import main as client_main
+from anonymixer_client.client import enrolled
 from optimizer_backend.server import EmbeddedTritonServer, free_ports
 from tests.test_anonymixer_server import png
 from tests.test_protect import faces
@@ -72,6 +76,45 @@ def test_enroll_and_verify(client: AnonymixerClient) -> None:
     same = client.verify(photos[0], KEY, template, threshold=0.0)
     other = client.verify(photos[0], Key("another key"), template, threshold=0.0)
     assert same.score > other.score and same.is_match
+
+
+DERIVATION = "anonymixer/key-v1/paper/rows3-8/psi0.7"  # the test server's (tests/test_anonymixer_server.py)
+
+
+def test_templates_carry_the_derivation_and_another_is_refused(client: AnonymixerClient, tmp_path: Path) -> None:
+    photos = faces(2, seed=40)
+    template = client.enroll(photos, KEY)
+    assert template.derivation == DERIVATION
+    assert client.verify(photos[0], KEY, template, threshold=0.0).is_match
+    other = Template(template.vector, template.images, "anonymixer/key-v1/reference/rows3-8/psi0.7")
+    with pytest.raises(DerivationMismatchError) as refused:
+        client.verify(photos[0], KEY, other)
+    assert "'anonymixer/key-v1/reference/rows3-8/psi0.7'" in str(refused.value)
+    assert f"{DERIVATION!r}" in str(refused.value)
+    with pytest.warns(UserWarning, match="cannot check the identity derivation"):  # written before derivations
+        assert client.verify(photos[0], KEY, Template(template.vector, template.images), threshold=0.0).is_match
+
+    key_file, saved = tmp_path / "key", tmp_path / "t.json"
+    key_file.write_bytes(KEY.reveal())
+    face = tmp_path / "face.png"
+    face.write_bytes(png(photos[0]))
+    common = ["--url", client.url]
+    assert client_main([*common, "enroll", str(face), "--key-file", str(key_file), "--template", str(saved)]) == 0
+    assert json.loads(saved.read_text())["derivation"] == DERIVATION
+    verify = [*common, "verify", str(face), "--key-file", str(key_file), "--template", str(saved), "--threshold", "0"]
+    assert client_main(verify) == 0
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "derivation": "anonymixer/key-v2/paper"}))
+    assert client_main(verify) == 2
+
+
+def test_one_enrolment_never_mixes_derivations() -> None:
+    def face(derivation: str | None) -> ProtectedFace:
+        return ProtectedFace(b"", np.eye(4, dtype=np.float32)[0], 0.0, derivation)
+
+    assert enrolled([face("a"), face("a")]).derivation == "a"
+    assert enrolled([face(None)]).derivation is None  # a server that predates DERIVATION
+    with pytest.raises(DerivationMismatchError, match=r"\['a', 'b'\]"):
+        enrolled([face("a"), face("b")])
 
 
 def test_a_short_deadline_maps_to_deadline_exceeded(triton_server: EmbeddedTritonServer) -> None:
@@ -224,6 +267,7 @@ def test_cli_protects_a_folder_resumably(
     lines = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["file"] for r in lines) == sorted(str(folder / f"face{i}.png") for i in range(3))
     assert all(len(r["template"]) == 128 and "original_similarity" in r for r in lines)
+    assert all(r["derivation"] == DERIVATION for r in lines)
     assert client_main(argv) == 3  # a rerun skips what is done
     assert "0 protected, 3 already done, 1 failed" in capsys.readouterr().out
     assert client_main(["--url", triton_server.grpc_url, "health"]) == 0

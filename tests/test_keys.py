@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from anonymixer.keys import SecretKey, hkdf_sha256, key_latents, key_z
+from anonymixer import bundle
+from anonymixer.config import ProtectConfig
+from anonymixer.keys import SecretKey, cpu_float32, hkdf_sha256, identity_derivation, key_latents, key_z
 from anonymixer.networks.stylegan2 import truncate
 
 # Frozen: if one of these changes, every user's protected identity changes. Do not edit them to
@@ -65,16 +67,56 @@ def test_shorter_z_is_a_prefix_and_statistics_are_standard_normal() -> None:
 
 
 def test_key_latent_is_truncated_mapping(tiny_bundle_dir) -> None:
-    from anonymixer import bundle
-
     model = bundle.load(tiny_bundle_dir)
     keys = [SecretKey(b"k1"), SecretKey(b"k2")]
-    w = key_latents(keys, model.generator.mapping, model.w_avg, psi=0.7)
+    w = key_latents(keys, model.generator, model.w_avg, psi=0.7)
     z = torch.from_numpy(np.stack([key_z(k, dim=64) for k in keys]))
     torch.testing.assert_close(w, truncate(model.generator.mapping(z), model.w_avg, 0.7))
     assert not torch.allclose(w[0], w[1])
-    salted = key_latents(keys[:1], model.generator.mapping, model.w_avg, salt=b"s", psi=0.7)
+    salted = key_latents(keys[:1], model.generator, model.w_avg, salt=b"s", psi=0.7)
     assert not torch.allclose(salted[0], w[0])
+
+
+KEYS = [SecretKey(f"user {i}") for i in range(16)]
+
+
+def test_a_keys_latent_ignores_its_batch_mates_autocast_and_the_generators_dtype(tiny_bundle_dir) -> None:
+    """fp32 CPU kernels round a row differently by batch size (~2e-6 here), bf16 autocast by far
+    more: neither may reach a key's latent. A generator held in another dtype is mapped through an
+    fp32 CPU copy."""
+    model = bundle.load(tiny_bundle_dir)
+    together = key_latents(KEYS, model.generator, model.w_avg, salt=b"s")
+    assert together.dtype == torch.float32
+    alone = torch.cat([key_latents([k], model.generator, model.w_avg, salt=b"s") for k in KEYS])
+    assert torch.equal(together, alone)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = key_latents(KEYS, model.generator, model.w_avg, salt=b"s")
+    assert autocast.dtype == torch.float32 and torch.equal(autocast, together)
+    wide = model.generator.double()  # fp32 → fp64 is exact, so its fp32 copy equals the original
+    copy = cpu_float32(wide)
+    assert copy is not wide and all(p.dtype == torch.float32 for p in copy.parameters())
+    mapped = key_latents(KEYS, wide, model.w_avg.double(), salt=b"s")
+    assert mapped.dtype == torch.float32 and torch.equal(mapped, together)
+
+
+@pytest.mark.gpu
+def test_a_keys_latent_is_the_same_on_the_gpu(tiny_bundle_dir) -> None:
+    cpu = bundle.load(tiny_bundle_dir)
+    gpu = bundle.load(tiny_bundle_dir, "cuda")
+    on_gpu = key_latents(KEYS, gpu.generator, gpu.w_avg, salt=b"s")
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), key_latents(KEYS, cpu.generator, cpu.w_avg, salt=b"s"))
+
+
+def test_identity_derivation_names_what_makes_a_keys_identity() -> None:
+    assert identity_derivation(ProtectConfig()) == "anonymixer/key-v1/paper/rows3-8/psi0.7"
+    changed = [
+        ProtectConfig(mix_mode="reference"),
+        ProtectConfig(identity_layers=(2, 8)),
+        ProtectConfig(truncation_psi=0.5),
+    ]
+    assert len({identity_derivation(c) for c in [ProtectConfig(), *changed]}) == 4
+    assert identity_derivation(ProtectConfig(steps=3, views=0)) == identity_derivation(ProtectConfig())
 
 
 def test_secret_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:

@@ -137,7 +137,7 @@ def test_steps_zero_is_pure_mixing(protector: Protector) -> None:
     with torch.no_grad():
         x = torch.stack([image_tensor(im, torch.device("cpu")) for im in images])
         w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(b"mix")] * 2, model.generator.mapping, model.w_avg)
+        w_key = key_latents([SecretKey(b"mix")] * 2, model.generator, model.w_avg)
         expected = to_uint8(model.generator.synthesis(mix_latents(w_real, w_key, "paper", (3, 8)).assemble()))
     for r, e in zip(result, expected, strict=True):
         assert np.array_equal(r.image, e) and r.steps == 0 and r.loss_trace == []
@@ -149,7 +149,7 @@ def test_refinement_touches_only_the_trainable_rows(protector: Protector, mode: 
     x = torch.stack([image_tensor(im, torch.device("cpu")) for im in faces(2, seed=5)])
     with torch.no_grad():
         w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(b"r")] * 2, model.generator.mapping, model.w_avg)
+        w_key = key_latents([SecretKey(b"r")] * 2, model.generator, model.w_avg)
     mix = mix_latents(w_real, w_key, mode, (3, 8))
     config = replace(protector.config, mix_mode=mode)
     result = refine_latents(
@@ -315,3 +315,29 @@ def test_inversion_settings_are_checked(tiny_bundle_dir: Path) -> None:
     with pytest.raises(ValueError, match="inversion_steps must be ≥ 0"):
         ProtectConfig(inversion_steps=-1)
     assert Protector(bundle.load(tiny_bundle_dir), ProtectConfig()).inversion == "encoder"  # auto: it has one
+
+
+def test_the_protector_maps_keys_in_fp32_on_the_cpu_whatever_it_runs_under(
+    tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its key latents are the library's, alone or among other keys and under bf16 autocast: fp32
+    on the CPU with the bundle's own mapping (anonymixer.keys)."""
+    from anonymixer import protect
+
+    seen: list[torch.Tensor] = []
+
+    def spy(*args, **kwargs) -> torch.Tensor:
+        seen.append(key_latents(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(protect, "key_latents", spy)
+    model = bundle.load(tiny_bundle_dir)
+    reference = key_latents([SecretKey(b"k")], model.generator, model.w_avg, salt=b"salt")[0]
+    protector = Protector(model, ProtectConfig(views=0), salt=b"salt")
+    image = faces(3, seed=31)
+    protector.protect(image[:1], b"k", steps=0)
+    protector.protect(image, [b"other", b"k", b"third"], steps=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        protector.protect(image[:1], b"k", steps=0)
+    for w_key in (seen[0][0], seen[1][1], seen[2][0]):
+        assert w_key.dtype == torch.float32 and torch.equal(w_key, reference)

@@ -36,7 +36,7 @@ def inputs(model: Bundle, n: int, seed: int = 21) -> tuple[Mix, torch.Tensor]:
     x = torch.stack([image_tensor(im, model.w_avg.device) for im in faces(n, seed=seed)])
     with torch.no_grad():
         w_real = model.encoder(resize(x, model.encoder.encoder.input_size))
-        w_key = key_latents([SecretKey(f"k{i}".encode()) for i in range(n)], model.generator.mapping, model.w_avg)
+        w_key = key_latents([SecretKey(f"k{i}".encode()) for i in range(n)], model.generator, model.w_avg)
     return mix_latents(w_real, w_key, "paper", (3, 8)), x
 
 

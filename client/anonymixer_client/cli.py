@@ -1,7 +1,10 @@
 """``anonymixer-client``: protect folders of faces or whole photos, enroll, verify and check the
 service from a shell.
 
-Exit codes: 0 ok, 2 bad usage, 3 some items failed (listed), 4 server unavailable.
+Exit codes: 0 ok, 2 bad usage (a template of another identity derivation than the server's
+included), 3 some items failed (listed), 4 server unavailable; ``verify``: 0 match, 1 no match.
+Every template written (``enroll``'s file, ``protect``'s results.jsonl) records the identity
+derivation the server reported, ``null`` if it reported none.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def cmd_protect(client: AnonymixerClient, args: argparse.Namespace) -> int:
         face = client.protect([path], key, steps=args.steps)[0]
         return face.png, {
             "template": [round(float(v), 6) for v in face.template],
+            "derivation": face.derivation,
             "original_similarity": face.original_similarity,
         }
 
@@ -117,14 +121,18 @@ def cmd_scene(client: AnonymixerClient, args: argparse.Namespace) -> int:
 
 def cmd_enroll(client: AnonymixerClient, args: argparse.Namespace) -> int:
     template = client.enroll(image_files(args.inputs), Key.from_file(args.key_file))
-    Path(args.template).write_text(json.dumps({"template": template.vector.tolist(), "images": template.images}))
+    record = {"template": template.vector.tolist(), "images": template.images, "derivation": template.derivation}
+    Path(args.template).write_text(json.dumps(record))
     print(f"template of {template.images} image(s) written to {args.template}")
     return EXIT_OK
 
 
 def cmd_verify(client: AnonymixerClient, args: argparse.Namespace) -> int:
     stored = json.loads(Path(args.template).read_text())
-    template = Template(np.asarray(stored["template"], dtype=np.float32), stored.get("images", 1))
+    # a file written before derivations were recorded has none: verify() warns and compares
+    template = Template(
+        np.asarray(stored["template"], dtype=np.float32), stored.get("images", 1), stored.get("derivation")
+    )
     result = client.verify(args.image, Key.from_file(args.key_file), template, threshold=args.threshold)
     print(json.dumps({"score": round(result.score, 6), "is_match": result.is_match, "threshold": result.threshold}))
     return EXIT_OK if result.is_match else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -11,7 +12,13 @@ from typing import Any, TypeVar
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
+from anonymixer_client.errors import (
+    AnonymixerError,
+    DerivationMismatchError,
+    ModelNotReadyError,
+    RetryBudget,
+    map_error,
+)
 from anonymixer_client.metrics import ClientMetrics
 from anonymixer_client.types import (
     CallRecord,
@@ -44,14 +51,44 @@ T = TypeVar("T")
 
 
 def verification(face: ProtectedFace, template: Template | Vector, threshold: float) -> Verification:
-    vector = template.vector if isinstance(template, Template) else np.asarray(template, dtype=np.float32)
+    """The probe ``face`` scored against ``template``. A :class:`Template` of another derivation than
+    the face's raises :class:`DerivationMismatchError`; one that records none (written before
+    derivations were) is compared with a warning, as is any template against a face from a server
+    that reports none: nothing says they differ, and such templates were all made by derivation v1.
+    A bare vector is compared as it is (its caller keeps track of where it came from)."""
+    if isinstance(template, Template):
+        if template.derivation is not None and face.derivation is not None:
+            if template.derivation != face.derivation:
+                raise DerivationMismatchError(
+                    f"the template was made by identity derivation {template.derivation!r} but this server "
+                    f"protects faces with {face.derivation!r}: the same key gives another face here, so they "
+                    "cannot be compared; enroll again on this server"
+                )
+        else:
+            warnings.warn(
+                f"cannot check the identity derivation (template: {template.derivation!r}, server: "
+                f"{face.derivation!r}); comparing anyway",
+                stacklevel=3,
+            )
+        vector = template.vector
+    else:
+        vector = np.asarray(template, dtype=np.float32)
     score = float(np.dot(face.template, vector))
     return Verification(score=score, is_match=score >= threshold, threshold=threshold, face=face)
 
 
 def enrolled(faces: list[ProtectedFace]) -> Template:
+    """The normalised mean of ``faces``' templates, with their derivation; faces of two derivations
+    (chunks answered by differently configured replicas) raise :class:`DerivationMismatchError`."""
+    derivations = sorted({f.derivation for f in faces}, key=str)
+    if len(derivations) > 1:
+        raise DerivationMismatchError(
+            f"the photos of one enrolment came back from identity derivations {derivations}: "
+            "the service's replicas are configured differently"
+        )
     mean = np.mean([f.template for f in faces], axis=0)
-    return Template(vector=(mean / np.linalg.norm(mean)).astype(np.float32), images=len(faces))
+    vector = (mean / np.linalg.norm(mean)).astype(np.float32)
+    return Template(vector=vector, images=len(faces), derivation=derivations[0] if derivations else None)
 
 
 class AnonymixerClient:

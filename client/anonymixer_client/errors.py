@@ -49,6 +49,12 @@ class NotServedError(ModelNotReadyError):
     """This server does not serve the model at all (for example a repository without scene mode)."""
 
 
+class DerivationMismatchError(AnonymixerError, ValueError):
+    """A template and the faces compared with it (or the faces of one enrolment) come from
+    different identity derivations: their scores would mean nothing. The message names both.
+    A ValueError too: the template does not fit this server (the CLI exits 2)."""
+
+
 def map_error(exc: Exception, index: list[int] | None = None) -> AnonymixerError:
     """A tritonclient exception → a typed error; ``index`` maps a chunk's item numbers to the caller's."""
     status = str(getattr(exc, "status", lambda: "")() or "")

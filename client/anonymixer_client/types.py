@@ -63,6 +63,7 @@ class ProtectedFace:
     png: bytes  # the protected face, PNG
     template: Vector  # float32 [D], L2-normalised
     original_similarity: float  # cos(protected, original): near 0 means the identity is gone
+    derivation: str | None = None  # the server's identity derivation; None from a server that predates it
 
     @property
     def image(self) -> Image.Image:
@@ -71,10 +72,14 @@ class ProtectedFace:
 
 @dataclass
 class Template:
-    """A person's protected template under one key: the normalised mean of protected templates."""
+    """A person's protected template under one key: the normalised mean of protected templates.
+    ``derivation`` names how the server turned the key into the protected identity (e.g.
+    ``anonymixer/key-v1/paper/rows3-8/psi0.7``): a template verifies only against faces of the same
+    derivation. None: unknown (a template written before derivations were recorded)."""
 
     vector: Vector
     images: int = 1
+    derivation: str | None = None
 
 
 @dataclass

@@ -55,8 +55,15 @@ def parse_faces(result: Any) -> list[ProtectedFace]:
     pngs = result.as_numpy("PROTECTED")
     templates = result.as_numpy("TEMPLATE")
     sims = result.as_numpy("ORIGINAL_SIMILARITY")
+    derivations = result.as_numpy("DERIVATION")  # None from a server that predates DERIVATION
     return [
-        ProtectedFace(bytes(pngs[i, 0]), templates[i].astype(np.float32), float(sims[i, 0])) for i in range(len(pngs))
+        ProtectedFace(
+            bytes(pngs[i, 0]),
+            templates[i].astype(np.float32),
+            float(sims[i, 0]),
+            None if derivations is None else bytes(derivations[i, 0]).decode(),
+        )
+        for i in range(len(pngs))
     ]
 
 
