@@ -2,12 +2,13 @@
 
     python -m evaluation --data DIR --identities CSV (--bundle DIR | --profile NAME [--weights DIR] |
         --server URL [--bundle DIR])
-        [--matchers dlib NAME=WEIGHTS …] [--keys 2] [--photos-per-person 2] [--stolen-keys 3]
+        [--matchers dlib NAME=WEIGHTS …] [--keys 2] [--photos-per-person 2] [--stolen-keys 0]
         [--steps N] [--inversion-steps N] [--views N] [--limit-people N] [--bootstrap 1000] --out DIR
 
 Protects the photos (in-process with ``--bundle``, or through the service at ``--server``), runs the
-stolen-key scenario and the attacks, scores every matcher and writes report.json, report.md (with
-the table side by side with the paper's), grid.png, det_<matcher>.png and unlinkability_<matcher>.png.
+client's enroll flow, the stolen-key scenario and the attacks, scores every matcher and writes
+report.json, report.md (with the table side by side with the paper's and each matcher's targets),
+grid.png, det_<matcher>.png and unlinkability_<matcher>.png.
 See evaluation.run (what is protected), evaluation.protocol (what is measured),
 evaluation.matchers, evaluation.attacks and evaluation.image_quality.
 """
@@ -96,9 +97,12 @@ def build_report(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
         "skipped_no_face": skipped,
         "protected_photos": len(outcome.layout.protected),
         "stolen_key_targets": len(outcome.layout.targets),
+        "enrolled_people": len(outcome.layout.enrolled),
+        "enrolled_photos": sum(map(len, outcome.layout.enrolled.values())),
         "settings": {
             "keys": settings.keys,
             "photos_per_person": settings.photos_per_person,
+            "stolen_keys": settings.stolen_keys,
             "steps": settings.steps if settings.steps is not None else (config.steps if config else None),
             "inversion_steps": config.inversion_steps if config and not args.server else "the server's",
             "views": config.views if config and not args.server else "the server's",
@@ -173,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keys", type=int, default=2, help="key sets (≥ 2; default 2)")
     parser.add_argument("--photos-per-person", type=int, default=2, help="photos protected per person (0: all)")
-    parser.add_argument("--stolen-keys", type=int, default=3, help="targets of the stolen-key scenario (default 3)")
+    parser.add_argument(
+        "--stolen-keys",
+        type=int,
+        default=0,
+        help="targets of the stolen-key scenario (default 0: every person with two protected photos)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="refinement steps (default: the algorithm's)")
     parser.add_argument("--inversion-steps", type=int, default=None, help="in-process: inversion steps")
     parser.add_argument("--views", type=int, default=None, help="in-process: augmented views")

@@ -156,11 +156,22 @@ class ByPerson:
         return cls({p: values[person == p] for p in sorted(set(people))})
 
     @classmethod
-    def pairs(cls, scores: np.ndarray, rows: Sequence[str], columns: Sequence[str], *, one_set: bool) -> ByPerson:
+    def pairs(
+        cls,
+        scores: np.ndarray,
+        rows: Sequence[str],
+        columns: Sequence[str],
+        *,
+        one_set: bool,
+        keep: np.ndarray | None = None,
+    ) -> ByPerson:
         """Every pair (i, j) of ``scores`` [R, C] grouped by (rows[i], columns[j]); with
-        ``one_set`` (rows and columns are the same items) only i < j: different items, once."""
+        ``one_set`` (rows and columns are the same items) only i < j: different items, once;
+        with ``keep`` (bool [R, C]) only the pairs it marks."""
         scores = np.asarray(scores, np.float64)
-        keep = np.triu(np.ones(scores.shape, bool), k=1) if one_set else np.ones(scores.shape, bool)
+        keep = np.ones(scores.shape, bool) if keep is None else np.asarray(keep, bool)
+        if one_set:
+            keep = keep & np.triu(np.ones(scores.shape, bool), k=1)
         row, column = np.asarray(rows), np.asarray(columns)
         grouped = cls()
         for p in sorted(set(rows) | set(columns)):

@@ -120,7 +120,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         f"{report['photos']} photos of {report['people']} people (skipped, no face: "
         f"{', '.join(report['skipped_no_face']) or 'none'}); {report['protected_photos']} protected under "
-        f"{s['keys']} key sets, {report['stolen_key_targets']} stolen-key targets; "
+        f"{s['keys']} key sets, {report['stolen_key_targets']} stolen-key targets, {report['enrolled_people']} "
+        f"people enrolled as the client does ({report['enrolled_photos']} photos, one group per person); "
         f"profile `{report['profile']}`, protected {report['where']}; refinement steps {s['steps']}, "
         f"inversion steps {s['inversion_steps']}, views {s['views']}; {s['bootstrap']} bootstrap replicates over "
         f"people (95 % intervals in brackets); {wall_time(report)} on {report['machine_line']}.",
@@ -149,32 +150,35 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## Matcher `{name}` ({KINDS[m['white_box']]})",
             "",
+            *targets_table(m["targets"]),
+            "",
             "| comparison | EER | AUC | genuine / impostor pairs |",
             "| --- | --- | --- | --- |",
             verification_row("originals", o),
             verification_row("protected vs protected (performance preservation)", p),
+            verification_row("enroll flow: lone probe vs enrolled template (mean of the group's)", m["enroll_flow"]),
             verification_row("key set 0 vs key set 1 (cross-key)", r["cross_key"]),
+            verification_row("cross-key, same photo under the two keys", r["same_photo"]),
+            verification_row("cross-key, other photo under the other key", r["other_photo"]),
             "",
-            "PSR and the attacks use the originals' threshold at each FMR; revocability (the share of a "
-            "person's key-0 and key-1 faces that still match) the protected domain's.",
+            "PSR, the attacks and the impostors use the originals' threshold at each FMR; revocability (the "
+            "share of a person's key-0 and key-1 faces that still match) the protected domain's.",
             "",
-            "| FMR | originals' threshold | PSR | revocability match rate | "
-            + " | ".join(f"{ATTACK_LABELS.get(a, a)}: match rate" for a in m["attacks"])
-            + " |",
-            "| --- " * (4 + len(m["attacks"])) + "|",
+            *fmr_table(m),
         ]
-        for fmr, threshold in o.get("thresholds", {}).items():
-            cells = [fmr, fmt(threshold), fmt(m["psr"][fmr]), fmt(r["match_rate"][fmr])]
-            cells += [fmt(a["match_rate"][fmr]) for a in m["attacks"].values()]
-            lines.append("| " + " | ".join(cells) + " |")
-        sk = m["stolen_key"]
+        sk, d = m["stolen_key"], m["detection"]
         not_found = ", ".join(f"{what} {n}" for what, n in m["faces_not_found"].items() if n)
         lines += [
             "",
-            f"Faces the matcher found no face in (their pairs match nothing): {not_found or 'none'}.",
+            f"Faces the matcher found no face in (their pairs match nothing): {not_found or 'none'}; it finds "
+            f"{d['found']} of {d['protected']} protected faces (key set 0): {fmt(d['rate'])}.",
             "",
-            f"Unlinkability D↔sys = {fmt(m['unlinkability_d_sys'])}; mean score(protected, own original) = "
-            f"{fmt(m['protected_vs_original_score_mean'])}; mean attack scores: "
+            f"Same person, same key, other photo: {fmt(m['same_key_across_photos']['match_rate'])} of "
+            f"{m['same_key_across_photos']['pairs']} pairs match ({m['same_key_across_photos']['rule']}).",
+            "",
+            f"Unlinkability D↔sys = {fmt(m['unlinkability_d_sys'])} (same photo under the two keys "
+            f"{fmt(r['same_photo'].get('d_sys'))}, other photo {fmt(r['other_photo'].get('d_sys'))}); mean "
+            f"score(protected, own original) = {fmt(m['protected_vs_original_score_mean'])}; mean attack scores: "
             + ", ".join(f"{a} {fmt(v['score_mean'])}" for a, v in m["attacks"].items())
             + ".",
             "",
@@ -196,6 +200,39 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def targets_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Each target's figure, interval, bar and verdict (on the figure; the interval says how sure)."""
+    verdict = {True: "pass", False: "**fail**", None: "not measured"}
+    lines = ["| measure | value [95 % interval] | target | |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        value = fmt({"value": row["value"], "ci95": row["ci95"]})
+        lines.append(f"| {row['measure']} | {value} | {row['target']} | {verdict[row['pass']]} |")
+    return lines
+
+
+def fmr_table(m: dict[str, Any]) -> list[str]:
+    """Per FMR: the originals' threshold and every rate read at a threshold."""
+    sk, attacks = m["stolen_key"], m["attacks"]
+    head = [
+        "FMR",
+        "originals' threshold",
+        "PSR",
+        "PSR, faces found",
+        "revocability match rate",
+        "stolen key: other people match the target",
+        "other people, own keys, match",
+        *(f"{ATTACK_LABELS.get(a, a)}: match rate" for a in attacks),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
+    for fmr, threshold in m["originals"].get("thresholds", {}).items():
+        cells = [fmr, fmt(threshold), fmt(m["psr"][fmr]), fmt(m["psr_detected"][fmr])]
+        cells += [fmt(m["revocability"]["match_rate"][fmr])]
+        cells += [fmt(sk.get(kind, {}).get(fmr)) for kind in ("impostor_fmr", "ordinary_impostor_fmr")]
+        cells += [fmt(a["match_rate"][fmr]) for a in attacks.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def verification_row(label: str, result: dict[str, Any]) -> str:
@@ -248,8 +285,9 @@ def plot_error_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pa
 def write(report: dict[str, Any], scores: dict[str, dict[str, Any]], grid: list[np.ndarray], out: Path) -> None:
     """report.json, report.md, the plots per matcher and grid.png (columns of uint8 faces)."""
     for name, s in scores.items():
-        if all(len(scores) for scores in s["cross_key"]):  # a matcher that found no protected face has none
-            plot_unlinkability(*s["cross_key"], out / f"unlinkability_{name}.png", name)
+        mated, non_mated = s["cross_key"]
+        if len(mated) and len(non_mated):  # a matcher that found no protected face has none
+            plot_unlinkability(mated, non_mated, out / f"unlinkability_{name}.png", name)
         plot_error_curves(
             {"originals": s["originals"], "protected": s["protected"], "across keys": s["cross_key"]},
             out / f"det_{name}.png",

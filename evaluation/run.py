@@ -5,7 +5,9 @@ Every photo is detected and aligned as scene mode does it (the bundle's framing,
 protected photos are the first ``photos_per_person`` of each person; each is protected alone (as
 a user sends it) under its person's key of every key set, and — for the stolen-key scenario —
 each person's probe photo (their first) under every target's key, all in one call per photo so
-that the photo is inverted once. Keys are derived from a random per-run secret and never written.
+that the photo is inverted once. Then the client's enroll flow: each person's other protected
+photos, protected together as one group under their key of key set 0. Keys are derived from a
+random per-run secret and never written.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,8 +39,18 @@ from evaluation.attacks import reconstruct
 from evaluation.matchers import Matcher, as_aligned
 from evaluation.protocol import Templates
 
-# (photo index, its aligned face, its keys) → the protected faces, uint8 [256, 256, 3] each
-Protect = Callable[[int, np.ndarray, list[SecretKey]], list[np.ndarray]]
+
+class Protect(Protocol):
+    """How the photos are protected (in-process or through the service); the protected faces
+    come back uint8 [256, 256, 3] each."""
+
+    def __call__(self, index: int, image: np.ndarray, keys: list[SecretKey]) -> list[np.ndarray]:
+        """Photo ``index`` (its aligned face) alone under each of ``keys``."""
+        ...
+
+    def group(self, indices: list[int], images: list[np.ndarray], key: SecretKey) -> list[np.ndarray]:
+        """Photos ``indices`` (their aligned faces) of one person as one group under ``key``."""
+        ...
 
 
 @dataclass
@@ -53,7 +64,7 @@ class Face:
 class Settings:
     keys: int = 2
     photos_per_person: int = 2  # 0: all
-    stolen_keys: int = 3  # targets of the stolen-key scenario (the first people with two protected photos)
+    stolen_keys: int = 0  # targets of the stolen-key scenario (the first people with two protected photos; 0: all)
     steps: int | None = None  # refinement steps (None: the algorithm's)
     inversion_steps: int | None = None  # in-process only (None: the algorithm's)
     views: int | None = None  # in-process only
@@ -84,7 +95,9 @@ class Plan:
     protected: list[int]  # indices of the protected photos
     probes: dict[str, int]  # person → probe photo (their first protected photo)
     targets: dict[str, int]  # stolen-key target → enrolled photo (their second protected photo)
+    enrolled: dict[str, list[int]]  # person → the photos of their enroll group (protected photos but the probe)
     jobs: dict[int, list[tuple[str, SecretKey]]]  # photo → [(job, key)]; job "set/<s>" or "stolen/<target>"
+    enrol_keys: dict[str, SecretKey]  # person → the key of their enroll group (key set 0's)
 
 
 def plan(faces: list[Face], settings: Settings, secret: bytes) -> Plan:
@@ -96,7 +109,8 @@ def plan(faces: list[Face], settings: Settings, secret: bytes) -> Plan:
     protected = sorted(i for chosen in per_person.values() for i in chosen)
     probes = {p: chosen[0] for p, chosen in per_person.items()}
     eligible = [p for p in sorted(per_person) if len(per_person[p]) >= 2]
-    targets = {p: per_person[p][1] for p in eligible[: settings.stolen_keys]}
+    targets = {p: per_person[p][1] for p in eligible[: settings.stolen_keys or None]}  # 0: every one
+    enrolled = {p: per_person[p][1:] for p in eligible}
     jobs: dict[int, list[tuple[str, SecretKey]]] = {i: [] for i in protected}
     for i in protected:
         for s in range(settings.keys):
@@ -105,7 +119,8 @@ def plan(faces: list[Face], settings: Settings, secret: bytes) -> Plan:
         for person, probe in probes.items():
             if person != target:  # the target's own probe under its key is key set 0's
                 jobs[probe].append((f"stolen/{target}", person_key(secret, 0, target)))
-    return Plan(protected, probes, targets, jobs)
+    enrol_keys = {p: person_key(secret, 0, p) for p in enrolled}
+    return Plan(protected, probes, targets, enrolled, jobs, enrol_keys)
 
 
 class LocalProtection:
@@ -114,15 +129,23 @@ class LocalProtection:
     def __init__(self, protector: Protector, steps: int | None) -> None:
         self.protector, self.steps = protector, steps
         self.reconstructions: dict[int, np.ndarray] = {}
+        self.latents: dict[int, torch.Tensor] = {}  # photo → its W+ [1, n_latent, d]
 
     def reconstruct(self, index: int, image: np.ndarray) -> torch.Tensor:
-        w = self.protector.invert([image])
+        w = self.latents[index] = self.protector.invert([image])
         self.reconstructions[index] = as_aligned(self.protector.render(w))[0]
         return w
 
     def __call__(self, index: int, image: np.ndarray, keys: list[SecretKey]) -> list[np.ndarray]:
         w = self.reconstruct(index, image).expand(len(keys), -1, -1)
         faces = self.protector.protect([image] * len(keys), keys, steps=self.steps, latents=w)
+        return list(as_aligned(np.stack([f.image for f in faces])))
+
+    def group(self, indices: list[int], images: list[np.ndarray], key: SecretKey) -> list[np.ndarray]:
+        # each photo's latent from its protection alone: the inversion depends on the image alone
+        pairs = zip(indices, images, strict=True)
+        w = torch.cat([self.latents[i] if i in self.latents else self.reconstruct(i, image) for i, image in pairs])
+        faces = self.protector.protect(images, key, groups=[0] * len(images), steps=self.steps, latents=w)
         return list(as_aligned(np.stack([f.image for f in faces])))
 
 
@@ -137,10 +160,18 @@ class ServiceProtection:
         self.steps = steps
 
     def __call__(self, index: int, image: np.ndarray, keys: list[SecretKey]) -> list[np.ndarray]:
-        from PIL import Image
+        return decoded(self.client.protect([image] * len(keys), [k.reveal() for k in keys], steps=self.steps))
 
-        faces = self.client.protect([image] * len(keys), [k.reveal() for k in keys], steps=self.steps)
-        return list(as_aligned(np.stack([np.asarray(Image.open(io.BytesIO(f.png)).convert("RGB")) for f in faces])))
+    def group(self, indices: list[int], images: list[np.ndarray], key: SecretKey) -> list[np.ndarray]:
+        # the client's enroll call (AnonymixerClient.enroll), whose faces every matcher embeds itself
+        return decoded(self.client.protect(images, key.reveal(), groups=[0] * len(images), steps=self.steps))
+
+
+def decoded(faces: list[Any]) -> list[np.ndarray]:
+    """The service's PNGs → aligned faces."""
+    from PIL import Image
+
+    return list(as_aligned(np.stack([np.asarray(Image.open(io.BytesIO(f.png)).convert("RGB")) for f in faces])))
 
 
 def algorithm(model: bundle_io.Bundle, settings: Settings) -> ProtectSettings:
@@ -162,6 +193,7 @@ class Outcome:
     layout: Plan
     key_sets: list[np.ndarray]  # per key set: uint8 [len(protected), 256, 256, 3]
     stolen: dict[tuple[str, str], np.ndarray]  # (target, person) → the person's probe under the target's key
+    enrolled: dict[str, np.ndarray]  # person → uint8 [len(layout.enrolled[person]), 256, 256, 3]: their group
     attacks: dict[str, np.ndarray]  # name → uint8 [people, 256, 256, 3], people sorted
     reconstructions: np.ndarray | None  # uint8 [len(protected), 256, 256, 3]: render(invert(original))
     seconds: dict[str, float]
@@ -183,6 +215,20 @@ def protect_all(faces: list[Face], layout: Plan, protect: Protect) -> tuple[list
     return [np.stack(key_sets[str(s)]) for s in range(len(key_sets))], stolen
 
 
+def protect_enrolled(faces: list[Face], layout: Plan, protect: Protect, key_set_0: np.ndarray) -> dict[str, np.ndarray]:
+    """Each person's enroll group, protected together under their key of key set 0."""
+    position = {photo: k for k, photo in enumerate(layout.protected)}
+    enrolled = {}
+    for person, photos in tqdm(layout.enrolled.items(), desc="enrol", unit="person"):
+        if len(photos) == 1:  # a group of one is its photo protected alone (views and all): key set 0's face
+            enrolled[person] = key_set_0[[position[photos[0]]]]
+        else:
+            enrolled[person] = np.stack(
+                protect.group(photos, [faces[i].aligned for i in photos], layout.enrol_keys[person])
+            )
+    return enrolled
+
+
 def run_protection(
     faces: list[Face], settings: Settings, *, protector: Protector | None, server: str | None
 ) -> Outcome:
@@ -197,6 +243,7 @@ def run_protection(
         assert protector is not None
         protect = local = LocalProtection(protector, settings.steps)
     key_sets, stolen = protect_all(faces, layout, protect)
+    enrolled = protect_enrolled(faces, layout, protect, key_sets[0])
     seconds["protect"] = time.perf_counter() - start
     reconstructions, attacks = None, {}
     if protector is not None:
@@ -212,25 +259,29 @@ def run_protection(
         attacks = {name: np.concatenate([r[name] for r in per_face]) for name in per_face[0]}
         attacks["reconstruction"] = reconstructions[[probe[layout.probes[p]] for p in sorted(layout.probes)]]
         seconds["attack"] = time.perf_counter() - start
-    return Outcome(faces, layout, key_sets, stolen, attacks, reconstructions, seconds)
+    return Outcome(faces, layout, key_sets, stolen, enrolled, attacks, reconstructions, seconds)
 
 
 OUTCOME = "outcome.npz"
+NO_FACES = np.zeros((0, 256, 256, 3), np.uint8)
 
 
 def save_outcome(outcome: Outcome, out: Path) -> Path:
     """The run's protected faces, attacks and reconstructions (never a key: the plan's jobs are
     left out), so that ``--rescore`` can score them again — with another matcher, say."""
     pairs = list(outcome.stolen)
+    enrolled = sorted(outcome.enrolled)
     arrays: dict[str, Any] = {
         "files": np.array([f.file for f in outcome.faces]),
         "protected": np.array(outcome.layout.protected),
         "probes": np.array(json.dumps(outcome.layout.probes)),
         "targets": np.array(json.dumps(outcome.layout.targets)),
+        "enrolled_photos": np.array(json.dumps(outcome.layout.enrolled)),
         "seconds": np.array(json.dumps(outcome.seconds)),
         "key_sets": np.stack(outcome.key_sets),
         "stolen_pairs": np.array(["/".join(pair) for pair in pairs]),
-        "stolen": np.stack([outcome.stolen[pair] for pair in pairs]) if pairs else np.zeros((0, 256, 256, 3), np.uint8),
+        "stolen": np.stack([outcome.stolen[pair] for pair in pairs]) if pairs else NO_FACES,
+        "enrolled": np.concatenate([outcome.enrolled[p] for p in enrolled]) if enrolled else NO_FACES,
         "attack_names": np.array(list(outcome.attacks)),
         **{f"attack/{name}": images for name, images in outcome.attacks.items()},
     }
@@ -245,12 +296,18 @@ def load_outcome(path: Path, faces: list[Face]) -> Outcome:
     saved = np.load(path)
     if saved["files"].tolist() != [f.file for f in faces]:
         raise SystemExit(f"{path}: protected from other photos than these (same --data, --identities, --limit-people?)")
-    layout = Plan(saved["protected"].tolist(), json.loads(str(saved["probes"])), json.loads(str(saved["targets"])), {})
+    if "enrolled" not in saved:
+        raise SystemExit(f"{path}: protected before the evaluation ran the enroll flow; protect again")
+    probes, targets = json.loads(str(saved["probes"])), json.loads(str(saved["targets"]))
+    groups: dict[str, list[int]] = json.loads(str(saved["enrolled_photos"]))
+    layout = Plan(saved["protected"].tolist(), probes, targets, groups, {}, {})
     stolen = dict(zip((tuple(p.split("/", 1)) for p in saved["stolen_pairs"]), saved["stolen"], strict=True))
+    bounds = np.cumsum([0, *(len(groups[p]) for p in sorted(groups))])  # the groups, concatenated by person
+    enrolled = {p: saved["enrolled"][a:b] for p, a, b in zip(sorted(groups), bounds[:-1], bounds[1:], strict=True)}
     attacks = {str(name): saved[f"attack/{name}"] for name in saved["attack_names"]}
     reconstructions = saved.get("reconstructions")
     seconds = json.loads(str(saved["seconds"]))
-    return Outcome(faces, layout, list(saved["key_sets"]), stolen, attacks, reconstructions, seconds)
+    return Outcome(faces, layout, list(saved["key_sets"]), stolen, enrolled, attacks, reconstructions, seconds)
 
 
 def templates(outcome: Outcome, matcher: Matcher) -> Templates:
@@ -266,4 +323,5 @@ def templates(outcome: Outcome, matcher: Matcher) -> Templates:
         targets=layout.targets,
         stolen=dict(zip(stolen, embedded_stolen, strict=True)),
         attacks={name: matcher.embed(images) for name, images in outcome.attacks.items()},
+        enrolled={person: matcher.embed(images) for person, images in outcome.enrolled.items()},
     )
