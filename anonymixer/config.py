@@ -53,9 +53,19 @@ def config_from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T
 
 @dataclass(frozen=True)
 class ProtectConfig:
-    mix_mode: str = "paper"  # "paper" | "reference" (see anonymixer.mixing)
+    mix_mode: str = "paper"  # "paper" | "reference" | "rotate" (see anonymixer.mixing)
     identity_layers: tuple[int, int] = (3, 8)  # W+ rows [start, stop) that carry identity
     truncation_psi: float = 0.7  # w_key = w_avg + ψ·(mapping(z) − w_avg)
+    # "rotate": the top principal directions of W whitened (anonymixer.wspace), how many of them
+    # keep the face's code (0: all; fewer: the rest take the key's, lossy), whether the rows' part
+    # off them is kept, and the rotated code's scale toward the mean (anonymixer.mixing.Rotation)
+    whitened_dims: int = 128
+    kept_dims: int = 0
+    keep_residual: bool = False
+    rotation_psi: float = 1.0
+    # × (1 − cos(e(y), t)), t = the key's rotation of the face's (its group's mean) FR template:
+    # a new identity that follows the person, whatever the photo (0: no target)
+    target_weight: float = 0.0
     steps: int = 50  # Adam steps per request (STEPS may lower or raise it up to max_steps)
     max_steps: int = 500
     lr: float = 0.01
@@ -111,6 +121,10 @@ class ProtectConfig:
         problems = []
         if self.mix_mode not in MIX_MODES:
             problems.append(f"mix_mode must be one of {MIX_MODES}")
+        if self.whitened_dims < 1 or not 0 <= self.kept_dims <= self.whitened_dims or not 0 < self.rotation_psi <= 1:
+            problems.append("whitened_dims must be ≥ 1, kept_dims in 0..whitened_dims, rotation_psi in (0, 1]")
+        if self.target_weight < 0:
+            problems.append("target_weight must be ≥ 0")
         if self.inversion not in INVERSIONS:
             problems.append(f"inversion must be one of {INVERSIONS}")
         if self.inversion_steps < 0 or self.inversion_lr <= 0 or self.inversion_perceptual_weight < 0:

@@ -14,8 +14,10 @@ time, whatever device, dtype or autocast the caller runs in (:func:`key_latents`
 the same face on every deployment. An FP16 TensorRT engine (its plan check allows 1 % per item) or
 bf16 autocast (5e-2 at most on a seeded 512-d mapping) move ``w``, and even fp32 kernels round a
 row differently with its batch size (a key alone and among 15 others differ by ~5e-6 on a CPU).
-The service reports :func:`identity_derivation` with every face, so that clients can tell
-templates of different derivations apart.
+The ``rotate`` mix mode (:mod:`anonymixer.mixing`) and the identity target also draw orthogonal
+matrices from the key (:func:`key_rotation`, float64 from an HKDF seed). The service reports
+:func:`identity_derivation` with every face, so that clients can tell templates of different
+derivations apart.
 """
 
 from __future__ import annotations
@@ -116,10 +118,19 @@ def key_z(key: SecretKey, salt: bytes = b"", dim: int = 512) -> np.ndarray:
 
 def identity_derivation(config: ProtectConfig) -> str:
     """What turns a key into a protected identity under ``config``, e.g.
-    ``anonymixer/key-v1/paper/rows3-8/psi0.7``: templates of different derivations do not compare
-    (the service returns it with every face; clients refuse to verify across two)."""
+    ``anonymixer/key-v1/paper/rows3-8/psi0.7`` or
+    ``anonymixer/key-v1/rotate/rows4-13/psi0.7/white128-kept128-residual0-rpsi1-target0``: templates of
+    different derivations do not compare (the service returns it with every face; clients refuse
+    to verify across two)."""
     start, stop = config.identity_layers
-    return f"anonymixer/key-v{KEY_DERIVATION_VERSION}/{config.mix_mode}/rows{start}-{stop}/psi{config.truncation_psi:g}"
+    c = config
+    base = f"anonymixer/key-v{KEY_DERIVATION_VERSION}/{c.mix_mode}/rows{start}-{stop}/psi{c.truncation_psi:g}"
+    if c.mix_mode != "rotate" and not c.target_weight:
+        return base
+    return (
+        f"{base}/white{c.whitened_dims}-kept{c.kept_dims or c.whitened_dims}-residual{int(c.keep_residual)}"
+        f"-rpsi{c.rotation_psi:g}-target{c.target_weight:g}"
+    )
 
 
 def cpu_float32(generator: AnyGenerator) -> AnyGenerator:
@@ -150,3 +161,19 @@ def key_latents(
         w = torch.cat([cpu.mapping(torch.from_numpy(key_z(k, salt, centre.shape[-1]))[None]) for k in keys])
         return truncate(w, centre, psi).to(w_avg.device)
 
+
+# what a key's rotations turn: the whitened identity code (anonymixer.mixing, "rotate") and the
+# face-recognition template the refinement pulls toward (anonymixer.refine, target_weight)
+ROTATION_INFO = {"latent": b"anonymixer/v1/rotation/latent", "template": b"anonymixer/v1/rotation/template"}
+
+
+def key_rotation(key: SecretKey, salt: bytes, dims: int, what: str = "latent") -> np.ndarray:
+    """A ``dims``×``dims`` orthogonal matrix drawn uniformly (Haar) from the key, float64, for
+    ``what`` (:data:`ROTATION_INFO`).
+
+    HKDF gives a 256-bit seed for numpy's legacy Mersenne Twister (whose stream numpy keeps fixed)
+    and a QR decomposition of its Gaussian matrix, signs fixed so that the draw is uniform."""
+    seed = hkdf_sha256(key.reveal(), salt, ROTATION_INFO[what], HASH_LEN)
+    gaussian = np.random.RandomState(np.frombuffer(seed, dtype=">u4").astype(np.uint32)).standard_normal((dims, dims))
+    q, r = np.linalg.qr(gaussian)
+    return q * np.sign(np.diag(r))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,13 +37,14 @@ from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.images import quantize, to_uint8
 from anonymixer.inversion import invert_as_configured
-from anonymixer.keys import SecretKey, cpu_float32, key_latents
+from anonymixer.keys import SecretKey, cpu_float32, key_latents, key_rotation
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
-from anonymixer.mixing import mix_latents
+from anonymixer.mixing import KeyTurn, Mix, Rotation, mix_latents, unmix
 from anonymixer.refine import StepCallback, set_memory_format
 from anonymixer.scheduler import RefinementScheduler
 from anonymixer.stages import Stages, StageTimer, torch_stages
 from anonymixer.validation import KeyLike, check_groups, check_image, check_images, check_keys
+from anonymixer.wspace import fit_wspace
 
 
 @dataclass
@@ -123,6 +124,11 @@ class Protector:
         # keys are mapped by the bundle's own network in fp32 on the CPU (anonymixer.keys), never
         # through a stage: copied off the device once here, not at every call
         self.key_generator = cpu_float32(model.generator)
+        self.wspace = (
+            fit_wspace(self.key_generator.mapping, model.style_dim, self.config.whitened_dims).to(self.device)
+            if self.config.mix_mode == "rotate"
+            else None
+        )
         self.scheduler = RefinementScheduler(
             model, self.config, attribute_loss or build_attribute_loss(self.config, model)
         )
@@ -176,9 +182,8 @@ class Protector:
 
         # 3. invert, 4. mix
         w_real = (self._invert(x, timer) if latents is None else latents.to(self.device).float())[source]
-        with torch.no_grad(), timer("map"):
-            w_key = key_latents(keys, self.key_generator, model.w_avg, salt=self.salt, psi=self.config.truncation_psi)
-        mix = mix_latents(w_real, w_key[source], self.config.mix_mode, self.config.identity_layers)
+        with timer("map"):
+            mix = self.mix(w_real, keys, source)
 
         # 5. refine
         with timer("refine"):
@@ -211,6 +216,42 @@ class Protector:
             }
         self.timings, self.refined_items = timer.seconds, len(source) - len(refined.failed)
         return [faces[i] if i in faces else OutOfMemory(refined.failed[i]) for i in range(n)]
+
+    @torch.no_grad()
+    def mix(self, w_real: torch.Tensor, keys: list[SecretKey], source: torch.Tensor | None = None) -> Mix:
+        """Step 4: the faces' W+ ``w_real`` [B, n_latent, d] mixed with the key of each item
+        (``keys[source[i]]``; ``source`` None: item i has key i) as the config's mix mode says."""
+        source = torch.arange(len(keys)) if source is None else source
+        c = self.config
+        w_key = key_latents(keys, self.key_generator, self.model.w_avg, salt=self.salt, psi=c.truncation_psi)
+        mix = mix_latents(w_real, w_key[source], c.mix_mode, c.identity_layers, self._key_turn(keys, source))
+        if c.target_weight:
+            mix = replace(mix, template_rotation=self._rotations(keys, source, "template", self.model.embedding_size))
+        return mix
+
+    def _rotations(self, keys: list[SecretKey], source: torch.Tensor, what: str, dims: int) -> torch.Tensor:
+        """[len(source), dims, dims] float64: each item's key rotation of ``what``, drawn once per key."""
+        drawn: dict[SecretKey, torch.Tensor] = {}
+        for k in keys:
+            if k not in drawn:
+                drawn[k] = torch.from_numpy(key_rotation(k, self.salt, dims, what))
+        return torch.stack([drawn[keys[i]] for i in source.tolist()]).to(self.device)
+
+    def _key_turn(self, keys: list[SecretKey], source: torch.Tensor) -> KeyTurn | None:
+        """What ``rotate`` turns each item's identity rows with (None for the other mix modes)."""
+        if self.wspace is None:
+            return None
+        c = self.config
+        unique = list(dict.fromkeys(keys))
+        own = key_latents(unique, self.key_generator, self.model.w_avg, salt=self.salt, psi=1.0)
+        codes = self.wspace.split(own)[0]
+        index = torch.tensor([unique.index(keys[i]) for i in source.tolist()], device=self.device)
+        return KeyTurn(
+            Rotation(c.kept_dims or c.whitened_dims, c.keep_residual, c.rotation_psi),
+            self.wspace,
+            self._rotations(keys, source, "latent", c.whitened_dims),
+            codes[index],
+        )
 
     def _with_views(
         self, x: torch.Tensor, originals: list[np.ndarray], keys: list[SecretKey], group_ids: list[int]
@@ -251,6 +292,16 @@ class Protector:
         never returns a face's latent."""
         x = torch.stack([image_tensor(check_image(im, i), self.device) for i, im in enumerate(images)])
         return self._invert(x, StageTimer(self.device))
+
+    @torch.no_grad()
+    def unmix(self, w_plus: torch.Tensor, key: KeyLike | Sequence[KeyLike]) -> torch.Tensor:
+        """What a holder of each item's key, who knows the algorithm, recovers of the original's W+
+        [B, n_latent, d] from a protected face's (:func:`anonymixer.mixing.unmix`): for the
+        evaluation's key-aware attack. The service never does this."""
+        keys = check_keys(key, len(w_plus))
+        turn = self._key_turn(keys, torch.arange(len(keys)))
+        c = self.config
+        return unmix(w_plus.to(self.device), c.mix_mode, c.identity_layers, self.model.w_avg, turn)
 
     @torch.no_grad()
     def render(self, w_plus: torch.Tensor) -> np.ndarray:

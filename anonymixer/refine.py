@@ -111,10 +111,21 @@ def saved_tensor_budget(budget_mib: float, items: int) -> Iterator[None]:
         yield
 
 
+def identity_target(mix: Mix, e_x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor | None:
+    """t [B, E]: each key's rotation of its group's mean FR template (one target for every photo
+    of a person in a call), or None when the mix has no template rotation."""
+    if mix.template_rotation is None:
+        return None
+    same = (groups[:, None] == groups[None, :]).to(e_x.dtype)
+    mean = torch.nn.functional.normalize(same @ e_x, dim=1)
+    return torch.nn.functional.normalize(torch.einsum("bij,bj->bi", mix.template_rotation.to(e_x.dtype), mean), dim=1)
+
+
 def step_losses(
     param: torch.Tensor,
     mix: Mix,
     e_x: torch.Tensor,
+    identity: torch.Tensor | None,
     targets: list[torch.Tensor],
     groups: torch.Tensor,
     generator: AnyGenerator,
@@ -129,6 +140,8 @@ def step_losses(
         e_y = face_embedder(fr_crop(y)).float()
     cos = (e_y * e_x).sum(dim=1)
     per_item = config.anonymity_weight * anonymity_loss(e_y, e_x, config.anonymity_margin)
+    if identity is not None:
+        per_item = per_item + config.target_weight * (1 - (e_y * identity).sum(dim=1))
     with span("attribute_loss"):
         per_item = per_item + config.attribute_weight * attribute_loss(y, targets).float()
     group_term = config.consistency_weight * group_consistency_loss(e_y, groups)
@@ -184,6 +197,7 @@ def refine_latents(
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         e_x = face_embedder(fr_crop(x)).float()
+        identity = identity_target(mix, e_x, groups)
         targets = attribute_loss.targets(x)
     param = mix.trainable.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([param], lr=config.lr, betas=config.betas, eps=config.adam_eps)
@@ -192,11 +206,12 @@ def refine_latents(
     )
     loss_trace, cos_trace, group_trace = [], [], []
     cancelled = False
-    with precision_context(config.precision):
+    # the loop differentiates whatever its caller's grad mode: protect() under torch.no_grad() works
+    with precision_context(config.precision), torch.enable_grad():
         for step in range(steps):
             with autocast(device, config.precision), saved_tensor_budget(config.memory_budget_mib, x.shape[0]):
                 outputs = step_losses(
-                    param, mix, e_x, targets, groups, generator, face_embedder, attribute_loss, config
+                    param, mix, e_x, identity, targets, groups, generator, face_embedder, attribute_loss, config
                 )
             # A compiled step's outputs may live in CUDA-graph memory that its next replay
             # overwrites: what outlives the step is a copy, never an output itself. The padding's

@@ -255,7 +255,12 @@ def run_protection(
         reconstructions = np.stack([local.reconstructions[i] for i in layout.protected])
         probe = {i: k for k, i in enumerate(layout.protected)}
         attacked = [key_sets[0][probe[layout.probes[p]]] for p in sorted(layout.probes)]
-        per_face = [reconstruct(protector, face[None]) for face in tqdm(attacked, desc="attack", unit="face")]
+        # the key-aware attack holds the key each probe was protected with (key set 0)
+        keys = [dict(layout.jobs[layout.probes[p]])["set/0"] for p in sorted(layout.probes)]
+        per_face = [
+            reconstruct(protector, face[None], [key])
+            for face, key in zip(tqdm(attacked, desc="attack", unit="face"), keys, strict=True)
+        ]
         attacks = {name: np.concatenate([r[name] for r in per_face]) for name in per_face[0]}
         attacks["reconstruction"] = reconstructions[[probe[layout.probes[p]] for p in sorted(layout.probes)]]
         seconds["attack"] = time.perf_counter() - start
