@@ -63,6 +63,11 @@ class ProtectConfig:
     kept_dims: int = 0
     keep_residual: bool = False
     rotation_psi: float = 1.0
+    # "template": the face's own top principal coordinates kept (gender, age, skin tone live there),
+    # and the share of the identity code from the person's template (the rest is the key's own
+    # code, common to everyone under the key: more alike across a person's photos, and people)
+    attribute_dims: int = 0
+    person_share: float = 1.0
     # × (1 − cos(e(y), t)), t = the key's rotation of the face's (its group's mean) FR template:
     # a new identity that follows the person, whatever the photo (0: no target)
     target_weight: float = 0.0
@@ -123,6 +128,10 @@ class ProtectConfig:
             problems.append(f"mix_mode must be one of {MIX_MODES}")
         if self.whitened_dims < 1 or not 0 <= self.kept_dims <= self.whitened_dims or not 0 < self.rotation_psi <= 1:
             problems.append("whitened_dims must be ≥ 1, kept_dims in 0..whitened_dims, rotation_psi in (0, 1]")
+        if not 0 <= self.attribute_dims < self.whitened_dims:
+            problems.append("attribute_dims must be in 0..whitened_dims − 1")
+        if not 0 < self.person_share <= 1:
+            problems.append("person_share must be in (0, 1]")
         if self.target_weight < 0:
             problems.append("target_weight must be ≥ 0")
         if self.inversion not in INVERSIONS:

@@ -125,11 +125,11 @@ def identity_derivation(config: ProtectConfig) -> str:
     start, stop = config.identity_layers
     c = config
     base = f"anonymixer/key-v{KEY_DERIVATION_VERSION}/{c.mix_mode}/rows{start}-{stop}/psi{c.truncation_psi:g}"
-    if c.mix_mode != "rotate" and not c.target_weight:
+    if c.mix_mode not in ("rotate", "template") and not c.target_weight:
         return base
     return (
         f"{base}/white{c.whitened_dims}-kept{c.kept_dims or c.whitened_dims}-residual{int(c.keep_residual)}"
-        f"-rpsi{c.rotation_psi:g}-target{c.target_weight:g}"
+        f"-rpsi{c.rotation_psi:g}-target{c.target_weight:g}-attr{c.attribute_dims}-share{c.person_share:g}"
     )
 
 

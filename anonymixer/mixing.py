@@ -15,17 +15,25 @@ dims keeps only the face's top ``kept`` principal coordinates and fills the othe
 own code before rotating (lossy: not even a key holder gets the rest back); ``residual`` keeps
 (or drops) the part of the face's rows off the whitened subspace; ``psi`` scales the rotated code
 toward the mean as truncation does. They are the trainable rows.
+
+``template`` (issue 27): rows ``[start, stop)`` take one whitened code made from the person's
+face-recognition template (the mean of their photos' in one call) turned by a key-seeded
+orthogonal projection and scaled to the norm of the generator's own codes; the face's first
+``attribute_dims`` principal coordinates (gross attributes) stay its own. The template is what
+stays the same across a person's photos and differs between people, so one key gives one person
+one face and different people different faces; the face's own identity rows are not used at all.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from anonymixer.wspace import WSpace
 
-MIX_MODES = ("paper", "reference", "rotate")
+MIX_MODES = ("paper", "reference", "rotate", "template")
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,12 @@ def check_rows(rows: tuple[int, int], n_latent: int) -> tuple[int, int]:
 
 
 def mix_latents(
-    w_real: torch.Tensor, w_key: torch.Tensor, mode: str, rows: tuple[int, int], turn: KeyTurn | None = None
+    w_real: torch.Tensor,
+    w_key: torch.Tensor,
+    mode: str,
+    rows: tuple[int, int],
+    turn: KeyTurn | None = None,
+    code: TemplateCode | None = None,
 ) -> Mix:
     """Mix face latents ``w_real`` [B, n, d] with key latents ``w_key`` [B, d] (one per item);
     ``rotate`` turns them with ``turn`` instead."""
@@ -78,6 +91,10 @@ def mix_latents(
             raise ValueError("mix_mode 'rotate' needs each key's rotation (a KeyTurn)")
         rows_turned = turn.rotation.apply(w_real[:, start:stop], turn.matrices, turn.codes, turn.space)
         return Mix(w_real, rows_turned.to(w_real.dtype), (start, stop))
+    if mode == "template":
+        if code is None:
+            raise ValueError("mix_mode 'template' needs the people's templates and keys' projections (a TemplateCode)")
+        return Mix(w_real, code.rows(w_real[:, start:stop]).to(w_real.dtype), (start, stop))
     raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mode!r}")
 
 
@@ -126,16 +143,50 @@ def key_rows(mode: str, rows: tuple[int, int]) -> tuple[int, int]:
 
 
 def unmix(
-    w_plus: torch.Tensor, mode: str, rows: tuple[int, int], w_avg: torch.Tensor, turn: KeyTurn | None
+    w_plus: torch.Tensor,
+    mode: str,
+    rows: tuple[int, int],
+    w_avg: torch.Tensor,
+    turn: KeyTurn | None,
+    space: WSpace | None = None,
+    attribute_dims: int = 0,
 ) -> torch.Tensor:
     """What a key holder who knows the algorithm recovers of the original's W+ from a protected
-    face's ``w_plus`` [B, n, d]: ``rotate`` turned back (:meth:`Rotation.undo`); in the other modes
-    the key's rows hold nothing of the face, so the prior's mean ``w_avg`` goes there."""
+    face's ``w_plus`` [B, n, d]: ``rotate`` turned back (:meth:`Rotation.undo`); ``template`` keeps
+    the face's own attribute coordinates (in ``space``) and the mean elsewhere (the rest is the
+    template's code, not the face's latent); in the other modes the key's rows hold nothing of the
+    face, so the prior's mean ``w_avg`` goes there."""
     out = w_plus.clone()
     a, b = key_rows(mode, rows)
     if mode == "rotate":
         assert turn is not None
         out[:, a:b] = turn.rotation.undo(w_plus[:, a:b], turn.matrices, turn.space).to(w_plus.dtype)
+    elif mode == "template":
+        assert space is not None
+        code = space.split(w_plus[:, a:b])[0]
+        code[..., attribute_dims:] = 0
+        out[:, a:b] = space.latent(code, torch.zeros_like(w_plus[:, a:b], dtype=torch.float64)).to(w_plus.dtype)
     else:
         out[:, a:b] = w_avg
     return out
+
+
+@dataclass(frozen=True)
+class TemplateCode:
+    """What ``template`` makes each item's identity rows of."""
+
+    space: WSpace
+    projections: torch.Tensor  # [B, D, E] float64: each key's orthogonal projection of a template
+    templates: torch.Tensor  # [B, E]: each item's person's L2-normalised FR template
+    key_codes: torch.Tensor  # [B, D] float64: each key's own whitened code
+    attribute_dims: int  # the face's own top principal coordinates kept
+    share: float  # of the code from the template; the rest from the key's own code
+
+    def rows(self, face_rows: torch.Tensor) -> torch.Tensor:
+        """[B, k, d]: the key's code of the template on every row, the face's attributes kept."""
+        dims, m = self.space.dims, self.attribute_dims
+        person = math.sqrt(dims) * torch.einsum("bde,be->bd", self.projections.double(), self.templates.double())
+        code = self.share * person + math.sqrt(1 - self.share**2) * self.key_codes.double()
+        own = self.space.split(face_rows)[0]
+        code = torch.cat([own[..., :m], code[:, None, m:].expand_as(own[..., m:])], -1)
+        return self.space.latent(code, torch.zeros_like(face_rows, dtype=torch.float64))

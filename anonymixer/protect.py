@@ -39,7 +39,7 @@ from anonymixer.images import quantize, to_uint8
 from anonymixer.inversion import invert_as_configured
 from anonymixer.keys import SecretKey, cpu_float32, key_latents, key_rotation
 from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
-from anonymixer.mixing import KeyTurn, Mix, Rotation, mix_latents, unmix
+from anonymixer.mixing import KeyTurn, Mix, Rotation, TemplateCode, mix_latents, unmix
 from anonymixer.refine import StepCallback, set_memory_format
 from anonymixer.scheduler import RefinementScheduler
 from anonymixer.stages import Stages, StageTimer, torch_stages
@@ -126,7 +126,7 @@ class Protector:
         self.key_generator = cpu_float32(model.generator)
         self.wspace = (
             fit_wspace(self.key_generator.mapping, model.style_dim, self.config.whitened_dims).to(self.device)
-            if self.config.mix_mode == "rotate"
+            if self.config.mix_mode in ("rotate", "template")
             else None
         )
         self.scheduler = RefinementScheduler(
@@ -183,7 +183,8 @@ class Protector:
         # 3. invert, 4. mix
         w_real = (self._invert(x, timer) if latents is None else latents.to(self.device).float())[source]
         with timer("map"):
-            mix = self.mix(w_real, keys, source)
+            templates = self.templates(all_x, all_groups) if self.config.mix_mode == "template" else None
+            mix = self.mix(w_real, keys, source, templates)
 
         # 5. refine
         with timer("refine"):
@@ -218,16 +219,48 @@ class Protector:
         return [faces[i] if i in faces else OutOfMemory(refined.failed[i]) for i in range(n)]
 
     @torch.no_grad()
-    def mix(self, w_real: torch.Tensor, keys: list[SecretKey], source: torch.Tensor | None = None) -> Mix:
+    def mix(
+        self,
+        w_real: torch.Tensor,
+        keys: list[SecretKey],
+        source: torch.Tensor | None = None,
+        templates: torch.Tensor | None = None,
+    ) -> Mix:
         """Step 4: the faces' W+ ``w_real`` [B, n_latent, d] mixed with the key of each item
-        (``keys[source[i]]``; ``source`` None: item i has key i) as the config's mix mode says."""
+        (``keys[source[i]]``; ``source`` None: item i has key i) as the config's mix mode says;
+        ``template`` needs each item's person's FR template ``templates`` [B, E] (:meth:`templates`)."""
         source = torch.arange(len(keys)) if source is None else source
         c = self.config
         w_key = key_latents(keys, self.key_generator, self.model.w_avg, salt=self.salt, psi=c.truncation_psi)
-        mix = mix_latents(w_real, w_key[source], c.mix_mode, c.identity_layers, self._key_turn(keys, source))
+        code = self._template_code(keys, source, templates)
+        mix = mix_latents(w_real, w_key[source], c.mix_mode, c.identity_layers, self._key_turn(keys, source), code)
         if c.target_weight:
             mix = replace(mix, template_rotation=self._rotations(keys, source, "template", self.model.embedding_size))
         return mix
+
+    @torch.no_grad()
+    def templates(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """[B, E]: the mean FR template of each item's group of aligned faces ``x`` [B, 3, 256, 256],
+        by the bundle's own network in fp32 as the refinement sees it (never a served FP16 engine:
+        the template decides the new identity)."""
+        with torch.autocast(self.device.type, enabled=False):
+            e = torch.nn.functional.normalize(self.model.face_embedder(fr_crop(x.float())).float(), dim=1)
+        same = (groups[:, None] == groups[None, :]).to(e.dtype)
+        return torch.nn.functional.normalize(same @ e, dim=1)
+
+    def _template_code(
+        self, keys: list[SecretKey], source: torch.Tensor, templates: torch.Tensor | None
+    ) -> TemplateCode | None:
+        if self.config.mix_mode != "template":
+            return None
+        if templates is None:
+            raise ValueError("mix_mode 'template' needs the people's templates")
+        assert self.wspace is not None
+        c = self.config
+        projections = self._rotations(keys, source, "template", self.model.embedding_size)[:, : self.wspace.dims]
+        return TemplateCode(
+            self.wspace, projections, templates, self._key_codes(keys, source), c.attribute_dims, c.person_share
+        )
 
     def _rotations(self, keys: list[SecretKey], source: torch.Tensor, what: str, dims: int) -> torch.Tensor:
         """[len(source), dims, dims] float64: each item's key rotation of ``what``, drawn once per key."""
@@ -242,16 +275,20 @@ class Protector:
         if self.wspace is None:
             return None
         c = self.config
-        unique = list(dict.fromkeys(keys))
-        own = key_latents(unique, self.key_generator, self.model.w_avg, salt=self.salt, psi=1.0)
-        codes = self.wspace.split(own)[0]
-        index = torch.tensor([unique.index(keys[i]) for i in source.tolist()], device=self.device)
         return KeyTurn(
             Rotation(c.kept_dims or c.whitened_dims, c.keep_residual, c.rotation_psi),
             self.wspace,
             self._rotations(keys, source, "latent", c.whitened_dims),
-            codes[index],
+            self._key_codes(keys, source),
         )
+
+    def _key_codes(self, keys: list[SecretKey], source: torch.Tensor) -> torch.Tensor:
+        """[len(source), whitened dims] float64: each item's key's own whitened code (untruncated)."""
+        assert self.wspace is not None
+        unique = list(dict.fromkeys(keys))
+        own = key_latents(unique, self.key_generator, self.model.w_avg, salt=self.salt, psi=1.0)
+        index = torch.tensor([unique.index(keys[i]) for i in source.tolist()], device=self.device)
+        return self.wspace.split(own)[0][index]
 
     def _with_views(
         self, x: torch.Tensor, originals: list[np.ndarray], keys: list[SecretKey], group_ids: list[int]
@@ -301,7 +338,8 @@ class Protector:
         keys = check_keys(key, len(w_plus))
         turn = self._key_turn(keys, torch.arange(len(keys)))
         c = self.config
-        return unmix(w_plus.to(self.device), c.mix_mode, c.identity_layers, self.model.w_avg, turn)
+        w = w_plus.to(self.device)
+        return unmix(w, c.mix_mode, c.identity_layers, self.model.w_avg, turn, self.wspace, c.attribute_dims)
 
     @torch.no_grad()
     def render(self, w_plus: torch.Tensor) -> np.ndarray:

@@ -71,6 +71,11 @@ CANDIDATES = (  # the cheapest to tell apart first
     Candidate("lossy 64 of 128", {**ROTATE, "kept_dims": 64}),
     # the target acts through the refinement only: unrefined, it is "rotate 128"
     Candidate("rotate 128 + template target", {**ROTATE, "target_weight": 10.0}),
+    Candidate("template", {**ROTATE, "mix_mode": "template"}),
+    Candidate("template, 8 attribute dims", {**ROTATE, "mix_mode": "template", "attribute_dims": 8}),
+    Candidate("template, 16 attribute dims", {**ROTATE, "mix_mode": "template", "attribute_dims": 16}),
+    Candidate("template, share 0.8", {**ROTATE, "mix_mode": "template", "person_share": 0.8}),
+    Candidate("template, share 0.6", {**ROTATE, "mix_mode": "template", "person_share": 0.6}),
 )
 RECOVERED_KEYS = 2  # keys whose faces the key holder's attack reverses (a render each: the CPU's budget)
 FACE_CENTRE = (slice(100, 180), slice(88, 168))  # cheeks, nose and mouth of a 256 px aligned face
@@ -108,8 +113,15 @@ class Screen:
     def mix(self, protector: Protector, key: SecretKey) -> tuple[torch.Tensor, torch.Tensor]:
         """(mixed W+ [N, n, d], what a key holder recovers from it [N, n, d])."""
         keys = [key] * len(self.w)
-        mixed = protector.mix(self.w, keys).assemble()
+        mixed = protector.mix(self.w, keys, templates=self.templates(protector)).assemble()
         return mixed, protector.unmix(mixed, keys)
+
+    def aligned(self, protector: Protector) -> torch.Tensor:
+        return torch.stack([image_tensor(face.aligned, protector.device) for face in self.faces])
+
+    def templates(self, protector: Protector) -> torch.Tensor:
+        """Each face's own FR template (each is protected alone: its group is itself)."""
+        return protector.templates(self.aligned(protector), torch.arange(len(self.faces)))
 
     @torch.no_grad()
     def render(self, w: torch.Tensor) -> np.ndarray:
@@ -119,8 +131,8 @@ class Screen:
         """(each face protected alone under ``key`` with ``steps`` refinement steps, uint8 [N, 256,
         256, 3]; what the key holder recovers from the refined latent [N, n, d])."""
         n = len(self.w)
-        mix = protector.mix(self.w, [key] * n)
-        x = torch.stack([image_tensor(face.aligned, protector.device) for face in self.faces])
+        mix = protector.mix(self.w, [key] * n, templates=self.templates(protector))
+        x = self.aligned(protector)
         w = mix.assemble(protector.scheduler.refine(mix, x, torch.arange(n), steps).trainable)
         return self.render(w), protector.unmix(w, [key] * len(w))
 
@@ -215,6 +227,7 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="*", help="names (default: all)")
     parser.add_argument("--steps", type=int, default=0, help="refinement steps (0: the mixes unrefined)")
     parser.add_argument("--out", default=str(results_dir()))
+    parser.add_argument("--tag", default="", help="appended to the record's and grid's names")
     args = parser.parse_args()
     model = bundle.load(args.bundle)
     every = load_faces(FACES, FACES / "identities.csv", model.framing, None)[0]
@@ -234,7 +247,7 @@ def main() -> None:
         print(table([row]), flush=True)
         grid += [as_unit(p[firsts]) for p in (pictures[0], pictures[1], pictures[-1])]
         save_record(
-            out / f"identity_mix_mobile1024_steps{args.steps}.json",
+            out / f"identity_mix_mobile1024_steps{args.steps}{args.tag}.json",
             "identity_mix",
             rows,
             bundle=model.config.get("sources"),
@@ -248,7 +261,7 @@ def main() -> None:
             seconds=round(time.perf_counter() - started, 1),
             grid="per candidate: key 0, key 1, key 0 recovered by its holder (6 people's first photos)",
         )
-        save_grid(grid, out / f"identity_mix_steps{args.steps}_grid.jpg", tile=128)
+        save_grid(grid, out / f"identity_mix_steps{args.steps}{args.tag}_grid.jpg", tile=128)
     print(table(rows))
 
 

@@ -13,7 +13,7 @@ from anonymixer import profiles
 from anonymixer.config import ProtectConfig
 from anonymixer.keys import SecretKey, identity_derivation, key_rotation
 from anonymixer.mixing import KeyTurn, Rotation, key_rows, mix_latents, unmix
-from anonymixer.protect import Protector
+from anonymixer.protect import Protector, image_tensor
 from anonymixer.wspace import activate, fit_wspace, unactivate
 from tests.test_protect import faces
 
@@ -137,3 +137,67 @@ def test_protect_works_under_no_grad(rotating) -> None:
     with torch.no_grad():
         out = rotating.protect(faces(1, 64), "k", steps=1)
     assert out[0].steps == 1
+
+
+@pytest.fixture(scope="module")
+def templated(model) -> Protector:
+    config = ProtectConfig(
+        views=0, mix_mode="template", whitened_dims=DIMS, identity_layers=(2, 6), steps=1, attribute_dims=4
+    )
+    return Protector(model, config)
+
+
+def test_a_template_code_follows_the_person_not_the_photo(templated) -> None:
+    images = faces(3, 64)
+    w = templated.invert(images)
+    x = torch.stack(
+        [
+            templated.templates(torch.stack([image_tensor(im, "cpu")]), torch.zeros(1, dtype=torch.long))[0]
+            for im in images
+        ]
+    )
+    one = [SecretKey("one key")] * 3
+    # photos 0 and 1 as one person (their template is their mean), photo 2 another person
+    shared = torch.stack([x[:2].mean(0), x[:2].mean(0), x[2]])
+    rows = templated.mix(w, one, templates=torch.nn.functional.normalize(shared, dim=1)).trainable
+    code = templated.wspace.split(rows)[0]
+    m = templated.config.attribute_dims
+    assert torch.allclose(code[0, :, m:], code[1, :, m:])  # one person, one key: one identity
+    assert not torch.allclose(code[0, :, m:], code[2, :, m:], atol=1e-2)  # another person: another
+    assert torch.allclose(code[..., :m], templated.wspace.split(w[:, 2:6])[0][..., :m], atol=1e-4)  # own attributes
+    other_key = templated.mix(w, [SecretKey("other key")] * 3, templates=torch.nn.functional.normalize(shared, dim=1))
+    assert not torch.allclose(templated.wspace.split(other_key.trainable)[0][0, :, m:], code[0, :, m:], atol=1e-2)
+
+
+def test_a_key_holder_gets_back_only_the_attributes_of_a_template_code(templated) -> None:
+    images = faces(2, 64)
+    w = templated.invert(images)
+    mixed = templated.mix(
+        w,
+        [SecretKey("k")] * 2,
+        templates=templated.templates(torch.stack([image_tensor(im, "cpu") for im in images]), torch.arange(2)),
+    ).assemble()
+    code = templated.wspace.split(templated.unmix(mixed, ["k", "k"])[:, 2:6])[0]
+    m = templated.config.attribute_dims
+    assert code[..., m:].abs().max() < 1e-5
+    assert torch.allclose(code[..., :m], templated.wspace.split(w[:, 2:6])[0][..., :m], atol=1e-4)
+
+
+def test_a_smaller_person_share_brings_people_under_one_key_closer(model, templated) -> None:
+    images = faces(2, 64)
+    w = templated.invert(images)
+    t = templated.templates(torch.stack([image_tensor(im, "cpu") for im in images]), torch.arange(2))
+    half = Protector(model, replace(templated.config, person_share=0.5))
+
+    def spread(p: Protector) -> float:
+        code = p.wspace.split(p.mix(w, [SecretKey("k")] * 2, templates=t).trainable)[0]
+        return float((code[0] - code[1]).norm())
+
+    assert spread(half) < 0.75 * spread(templated)
+
+
+def test_a_group_is_protected_as_one_person(templated) -> None:
+    images = faces(2, 64)
+    together = templated.protect(images, "k", groups=[0, 0], steps=0)
+    apart = templated.protect(images, "k", groups=[0, 1], steps=0)
+    assert not np.array_equal(together[0].image, apart[0].image)  # the group's mean template decides
