@@ -81,6 +81,15 @@ MOBILE1024_ALGORITHM: dict[str, Any] = {
     "inversion": "optimize",
     "inversion_steps": 50,  # inversion_mobile1024.json: the knee of identity (cos 0.72→0.90→0.96 at 25/50/100)
     "identity_layers": [4, 13],  # protection_mobile1024.json, "rows"
+    # The identity rows: one code made of the person's FR template turned by the key, the face's top
+    # 8 principal coordinates kept (identity_mix_mobile1024_steps0*.json, docs/privacy-evaluation.md,
+    # "An identity made of the key and the person": under one key 0.4 % of other people match
+    # where replacing the rows gave 65 %, a key holder recovers 0 %, gender and skin tone follow the
+    # photo more often than with 0 attribute dims; more consistent across photos than 0, less
+    # unlinkable across keys)
+    "mix_mode": "template",
+    "whitened_dims": 128,
+    "attribute_dims": 8,
     "attribute_loss": "fr_features",  # protection_mobile1024.json, "attributes"
     # the first experiment (lr 0.02 broke faces; 0.005 × 20 steps protected 8/8), not swept here
     "lr": 0.005,

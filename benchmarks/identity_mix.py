@@ -76,6 +76,10 @@ CANDIDATES = (  # the cheapest to tell apart first
     Candidate("template, 16 attribute dims", {**ROTATE, "mix_mode": "template", "attribute_dims": 16}),
     Candidate("template, share 0.8", {**ROTATE, "mix_mode": "template", "person_share": 0.8}),
     Candidate("template, share 0.6", {**ROTATE, "mix_mode": "template", "person_share": 0.6}),
+    Candidate(
+        "template, 8 attribute dims, share 0.7",
+        {**ROTATE, "mix_mode": "template", "attribute_dims": 8, "person_share": 0.7},
+    ),
 )
 RECOVERED_KEYS = 2  # keys whose faces the key holder's attack reverses (a render each: the CPU's budget)
 FACE_CENTRE = (slice(100, 180), slice(88, 168))  # cheeks, nose and mouth of a 256 px aligned face

@@ -28,6 +28,7 @@ ATTACK_LABELS = {
     "reconstruction": "reference: the original's own reconstruction (no key)",
     "re-inversion": "re-inversion attack",
     "prior-mean": "prior-mean attack (w_avg in the key's rows)",
+    "key-aware": "key-aware attack (the key holder undoes the mix)",
 }
 
 
@@ -80,7 +81,7 @@ def paper_table(report: dict[str, Any]) -> list[str]:
         lambda m: fmt(m["stolen_key"].get("rank_one")),
     )
     row("stolen key: EER", "—", lambda m: fmt(m["stolen_key"].get("eer")))
-    for attack in ("re-inversion", "prior-mean"):
+    for attack in ("re-inversion", "prior-mean", "key-aware"):
         row(
             f"{ATTACK_LABELS[attack]}: match rate @ FMR 0.1 %",
             "—",

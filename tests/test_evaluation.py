@@ -78,7 +78,7 @@ def check_report(report: dict[str, Any], out: Path, *, matchers: set[str]) -> No
         assert revocability["other_photo"]["pairs"]["genuine"] == protected * (PHOTOS - 1)
         assert [row["measure"] for row in m["targets"]] == [t.label for t in TARGETS]
         assert all((row["pass"] is None) == (row["value"] is None) for row in m["targets"])
-        assert set(m["attacks"]) == {"re-inversion", "prior-mean", "reconstruction"}
+        assert set(m["attacks"]) == {"re-inversion", "prior-mean", "key-aware", "reconstruction"}
         link = m["unlinkability_d_sys"]["value"]
         assert link is None or 0 <= link <= 1
     assert not report["matchers"]["dlib"]["white_box"]
