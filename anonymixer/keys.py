@@ -119,18 +119,20 @@ def key_z(key: SecretKey, salt: bytes = b"", dim: int = 512) -> np.ndarray:
 def identity_derivation(config: ProtectConfig) -> str:
     """What turns a key into a protected identity under ``config``, e.g.
     ``anonymixer/key-v1/paper/rows3-8/psi0.7`` or
-    ``anonymixer/key-v1/rotate/rows4-13/psi0.7/white128-kept128-residual0-rpsi1-target0``: templates of
-    different derivations do not compare (the service returns it with every face; clients refuse
-    to verify across two)."""
-    start, stop = config.identity_layers
+    ``anonymixer/key-v1/template/rows4-13/psi0.7/white128-attr8-share1``: templates of different
+    derivations do not compare (the service returns it with every face; clients refuse to verify
+    across two)."""
     c = config
-    base = f"anonymixer/key-v{KEY_DERIVATION_VERSION}/{c.mix_mode}/rows{start}-{stop}/psi{c.truncation_psi:g}"
-    if c.mix_mode not in ("rotate", "template") and not c.target_weight:
-        return base
-    return (
-        f"{base}/white{c.whitened_dims}-kept{c.kept_dims or c.whitened_dims}-residual{int(c.keep_residual)}"
-        f"-rpsi{c.rotation_psi:g}-target{c.target_weight:g}-attr{c.attribute_dims}-share{c.person_share:g}"
-    )
+    start, stop = c.identity_layers
+    parts = [f"anonymixer/key-v{KEY_DERIVATION_VERSION}", c.mix_mode, f"rows{start}-{stop}", f"psi{c.truncation_psi:g}"]
+    if c.mix_mode == "rotate":
+        kept = c.kept_dims or c.whitened_dims
+        parts.append(f"white{c.whitened_dims}-kept{kept}-residual{int(c.keep_residual)}-rpsi{c.rotation_psi:g}")
+    if c.mix_mode == "template":
+        parts.append(f"white{c.whitened_dims}-attr{c.attribute_dims}-share{c.person_share:g}")
+    if c.target_weight:
+        parts.append(f"target{c.target_weight:g}")
+    return "/".join(parts)
 
 
 def cpu_float32(generator: AnyGenerator) -> AnyGenerator:
