@@ -187,7 +187,8 @@ class RefinementScheduler:
         model = self.model
         x = torch.zeros(size, 3, ALIGNED_SIZE, ALIGNED_SIZE, device=self.device)
         w_real = model.latent_avg[None].repeat(size, 1, 1)
-        mix = mix_latents(w_real, model.w_avg[None].repeat(size, 1), self.config.mix_mode, self.config.identity_layers)
+        # every mix mode gives the trained rows the same shape; "paper" needs nothing but the key's latent
+        mix = mix_latents(w_real, model.w_avg[None].repeat(size, 1), "paper", self.config.identity_layers)
         return self._refine(mix, x, torch.arange(size, device=self.device), steps, config or self.config)
 
     def _refine(

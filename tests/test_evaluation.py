@@ -88,8 +88,8 @@ def check_report(report: dict[str, Any], out: Path, *, matchers: set[str]) -> No
     text = (out / "report.md").read_text()
     assert "## Side by side with the paper" in text and "0.8873" in text and "## Matcher `dlib`" in text
     assert text.count("| measure | value [95 % interval] | target | |") == len(matchers)
-    # per person: original, reconstruction, two key sets, two attacks
-    assert Image.open(out / "grid.png").size == (4 + 6 * 132, 4 + 2 * 132)
+    # per person: original, reconstruction, two key sets, three attacks
+    assert Image.open(out / "grid.png").size == (4 + 7 * 132, 4 + 2 * 132)
     for plot in ("det", "unlinkability"):
         assert Image.open(out / f"{plot}_mobilefacenet.png").size[0] > 300
 
