@@ -272,7 +272,7 @@ class Protector:
 
     def _key_turn(self, keys: list[SecretKey], source: torch.Tensor) -> KeyTurn | None:
         """What ``rotate`` turns each item's identity rows with (None for the other mix modes)."""
-        if self.wspace is None:
+        if self.config.mix_mode != "rotate" or self.wspace is None:
             return None
         c = self.config
         return KeyTurn(
