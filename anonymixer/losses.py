@@ -50,6 +50,13 @@ def anonymity_loss(e_y: torch.Tensor, e_x: torch.Tensor, margin: float = 0.0) ->
     return ((e_y * e_x).sum(dim=1) - margin).abs()
 
 
+def group_templates(e: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """[B, E]: the L2-normalised mean of the FR embeddings ``e`` [B, E] over each item's group:
+    one template for every photo of a person in a call."""
+    same = (groups[:, None] == groups[None, :]).to(e.dtype)
+    return F.normalize(same @ e, dim=1)
+
+
 def group_consistency_loss(e_y: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Σ over groups of the mean ‖e_i − e_j‖₂ over the pairs i < j of the group (a scalar).
 

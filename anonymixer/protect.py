@@ -38,7 +38,15 @@ from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.images import quantize, to_uint8
 from anonymixer.inversion import invert_as_configured
 from anonymixer.keys import SecretKey, cpu_float32, key_latents, key_rotation
-from anonymixer.losses import ALIGNED_SIZE, AttributeLoss, E4EFeatureLoss, FRFeatureLoss, fr_crop, resize
+from anonymixer.losses import (
+    ALIGNED_SIZE,
+    AttributeLoss,
+    E4EFeatureLoss,
+    FRFeatureLoss,
+    fr_crop,
+    group_templates,
+    resize,
+)
 from anonymixer.mixing import KeyTurn, Mix, Rotation, TemplateCode, mix_latents, unmix
 from anonymixer.refine import StepCallback, set_memory_format
 from anonymixer.scheduler import RefinementScheduler
@@ -245,8 +253,7 @@ class Protector:
         the template decides the new identity)."""
         with torch.autocast(self.device.type, enabled=False):
             e = torch.nn.functional.normalize(self.model.face_embedder(fr_crop(x.float())).float(), dim=1)
-        same = (groups[:, None] == groups[None, :]).to(e.dtype)
-        return torch.nn.functional.normalize(same @ e, dim=1)
+        return group_templates(e, groups)
 
     def _template_code(
         self, keys: list[SecretKey], source: torch.Tensor, templates: torch.Tensor | None

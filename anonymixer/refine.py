@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from anonymixer.config import ProtectConfig
-from anonymixer.losses import AttributeLoss, anonymity_loss, fr_crop, group_consistency_loss
+from anonymixer.losses import AttributeLoss, anonymity_loss, fr_crop, group_consistency_loss, group_templates
 from anonymixer.mixing import Mix
 from anonymixer.networks import AnyGenerator
 from anonymixer.synthesis import synthesize
@@ -116,8 +116,7 @@ def identity_target(mix: Mix, e_x: torch.Tensor, groups: torch.Tensor) -> torch.
     of a person in a call), or None when the mix has no template rotation."""
     if mix.template_rotation is None:
         return None
-    same = (groups[:, None] == groups[None, :]).to(e_x.dtype)
-    mean = torch.nn.functional.normalize(same @ e_x, dim=1)
+    mean = group_templates(e_x, groups)
     return torch.nn.functional.normalize(torch.einsum("bij,bj->bi", mix.template_rotation.to(e_x.dtype), mean), dim=1)
 
 
