@@ -11,8 +11,10 @@ The pipeline, as the paper reads (DESIGN §5), one block each in :meth:`Protecto
 4. **mix**: each key's latent (:mod:`anonymixer.keys`) into its face's (:mod:`anonymixer.mixing`);
 5. **refine** every item together, in the batches :class:`~anonymixer.scheduler.RefinementScheduler`
    forms (whole groups within a memory limit; a batch out of memory is split, and a group that
-   does not fit even alone is reported as :class:`OutOfMemory` for its items);
-6. **render** at full resolution and quantise to uint8, as returned;
+   does not fit even alone is reported as :class:`OutOfMemory` for its items; once ``on_step``
+   stops the refinement, the items of the batches not yet run are reported as :class:`Stopped`);
+6. **render** at full resolution and quantise to uint8, as returned (refined items only: a face
+   that was not refined is never returned);
 7. **template** = FR(crop(returned pixels)), ``original_similarity`` = cos(template, FR(original)):
    a client that embeds the picture it got back finds the template.
 
@@ -49,7 +51,7 @@ from anonymixer.losses import (
 )
 from anonymixer.mixing import KeyTurn, Mix, Rotation, TemplateCode, mix_latents, unmix
 from anonymixer.refine import StepCallback, set_memory_format
-from anonymixer.scheduler import RefinementScheduler
+from anonymixer.scheduler import Refined, RefinementScheduler
 from anonymixer.stages import Stages, StageTimer, torch_stages
 from anonymixer.validation import KeyLike, check_groups, check_image, check_images, check_keys
 from anonymixer.wspace import fit_wspace
@@ -61,7 +63,7 @@ class ProtectedFace:
     template: np.ndarray  # float32 [D], L2-normalised FR embedding of the protected face
     original_similarity: float  # cos(template, embedding of the original): the privacy gauge
     loss_trace: list[float] = field(default_factory=list)  # anonymity + attribute loss per step
-    steps: int = 0
+    steps: int = 0  # the refinement steps it had: fewer than asked when on_step stopped its batch
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,20 @@ class OutOfMemory:
     """The outcome of an item whose group did not fit in memory even alone in its refinement batch."""
 
     message: str  # the memory error of that last try (sizes only: no key, latent or embedding)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The outcome of an item whose refinement never ran: ``on_step`` returned False in an earlier
+    refinement batch. No picture comes back for it: its unrefined mix was never made anonymous."""
+
+
+Outcome = ProtectedFace | OutOfMemory | Stopped
+
+
+class RefinementStopped(Exception):
+    """:meth:`Protector.protect`'s answer when ``on_step`` stopped the refinement before every
+    face was refined (:meth:`Protector.protect_each` reports those faces as :class:`Stopped`)."""
 
 
 def aligned_input(pixels: torch.Tensor) -> torch.Tensor:
@@ -108,7 +124,8 @@ class Protector:
     ``attribute_loss`` replaces the one ``config`` names (a benchmark's variant). After each
     :meth:`protect`, ``timings`` holds the seconds spent per stage (encode or invert, map, refine,
     render, embed) of that call, ``refined_items`` how many items it refined (augmented views
-    included; not those of groups out of memory), ``inverted_items`` how many distinct faces it
+    included; not those of groups out of memory, nor those on_step stopped before their batch
+    ran), ``inverted_items`` how many distinct faces it
     inverted and ``splits`` one line per refinement batch that ran out of memory and was split.
     """
 
@@ -155,12 +172,18 @@ class Protector:
         latents: torch.Tensor | None = None,
     ) -> list[ProtectedFace]:
         """Protect aligned faces; ``latents`` [B, n_latent, d] (from :meth:`invert`) skips the inversion.
-        Raises MemoryError when a group does not fit in memory even alone (see :meth:`protect_each`)."""
+        Raises MemoryError when a group does not fit in memory even alone, and RefinementStopped
+        when ``on_step`` stopped the refinement before some faces were refined (see :meth:`protect_each`)."""
         outcomes = self.protect_each(images, key, groups=groups, steps=steps, on_step=on_step, latents=latents)
         for outcome in outcomes:
             if isinstance(outcome, OutOfMemory):
                 raise MemoryError(outcome.message)
-        return [o for o in outcomes if isinstance(o, ProtectedFace)]
+        faces = [o for o in outcomes if isinstance(o, ProtectedFace)]
+        if len(faces) < len(outcomes):
+            raise RefinementStopped(
+                f"on_step stopped the refinement with {len(faces)} of {len(outcomes)} faces refined"
+            )
+        return faces
 
     def protect_each(
         self,
@@ -171,10 +194,12 @@ class Protector:
         steps: int | None = None,
         on_step: StepCallback | None = None,
         latents: torch.Tensor | None = None,
-    ) -> list[ProtectedFace | OutOfMemory]:
-        """:meth:`protect` for many users at once: each item's face, or :class:`OutOfMemory` for
-        the items of a group that does not fit in memory even alone; the other groups are unaffected."""
-        model, stages, timer = self.model, self.stages, StageTimer(self.device)
+    ) -> list[Outcome]:
+        """:meth:`protect` for many users at once: each item's face, :class:`OutOfMemory` for the
+        items of a group that does not fit in memory even alone (the other groups are unaffected),
+        or :class:`Stopped` for the items whose refinement batch never ran because ``on_step``
+        returned False in an earlier one. Check each outcome's type: only a ProtectedFace is a face."""
+        model, timer = self.model, StageTimer(self.device)
         # 1. check
         originals = check_images(images)
         keys = check_keys(key, len(originals))
@@ -199,32 +224,38 @@ class Protector:
             refined = self.scheduler.refine(mix, all_x, all_groups, steps, on_step)
         self.splits = refined.splits
 
-        # 6. render, 7. template: of exactly the pixels returned, read back as any aligned face is
-        done = [i for i in range(n) if i not in refined.failed]
-        faces: dict[int, ProtectedFace] = {}
+        outcomes = self._finish(refined, mix, x, n, timer)
+        self.timings = timer.seconds
+        self.refined_items = len(source) - len(refined.failed) - len(refined.stopped)
+        return outcomes
+
+    def _finish(self, refined: Refined, mix: Mix, x: torch.Tensor, n: int, timer: StageTimer) -> list[Outcome]:
+        """Steps 6 and 7 for the refined faces among the first ``n`` items (the photos; the views
+        follow them), and the outcome of each of the others."""
+        outcomes: dict[int, Outcome] = {i: OutOfMemory(m) for i, m in refined.failed.items() if i < n}
+        outcomes |= {i: Stopped() for i in refined.stopped if i < n}
+        done = [i for i in range(n) if i not in outcomes]
         if done:
+            # 6. render, 7. template: of exactly the pixels returned, read back as any aligned face is
             kept = torch.tensor(done, device=self.device)
             with torch.no_grad():
                 with timer("render"):
-                    pixels = quantize(stages.render(mix.take(kept).assemble(refined.trainable[kept])).float())
+                    pixels = quantize(self.stages.render(mix.take(kept).assemble(refined.trainable[kept])).float())
                 with timer("embed"):
                     returned = fr_crop(aligned_input(pixels))
-                    embeddings = stages.embed(torch.cat([returned, fr_crop(x[kept])])).float()
+                    embeddings = self.stages.embed(torch.cat([returned, fr_crop(x[kept])])).float()
                 templates, originals_emb = embeddings[: len(done)], embeddings[len(done) :]
                 similarity = (templates * originals_emb).sum(dim=1)
             pictures = pixels.permute(0, 2, 3, 1).cpu().numpy()
-            faces = {
-                i: ProtectedFace(
+            for k, i in enumerate(done):
+                outcomes[i] = ProtectedFace(
                     image=pictures[k],
                     template=templates[k].cpu().numpy(),
                     original_similarity=float(similarity[k]),
                     loss_trace=refined.traces[i],
-                    steps=refined.steps_run,
+                    steps=refined.steps[i],
                 )
-                for k, i in enumerate(done)
-            }
-        self.timings, self.refined_items = timer.seconds, len(source) - len(refined.failed)
-        return [faces[i] if i in faces else OutOfMemory(refined.failed[i]) for i in range(n)]
+        return [outcomes[i] for i in range(n)]
 
     @torch.no_grad()
     def mix(

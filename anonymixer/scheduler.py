@@ -7,7 +7,9 @@ holds, from one step's memory measured once), and refines each batch with
 :func:`anonymixer.refine.refine_latents`. A batch that runs out of memory (the device's, or
 ``memory_budget_mib``) is split in halves, whole groups, and retried down to one group; a group
 that does not fit even alone is reported for its items, and the other batches go on. Batch
-composition changes no result: items' losses are independent except within a group.
+composition changes no result: items' losses are independent except within a group. Once
+``on_step`` stops a batch, the batches not yet run are left, and their items reported as such.
+:meth:`RefinementScheduler.run_batches` is that loop for any batched optimisation.
 
 With ``compile`` on, :meth:`warm_up` runs the step for every batch bucket a batch can be padded
 to, on inert items, before the first request: the compiled synthesis it shares with the inversion
@@ -16,7 +18,9 @@ to, on inert items, before the first request: the compiled synthesis it shares w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 import torch
 
@@ -38,14 +42,35 @@ def memory_chunk_limit(free_bytes: int, per_item_bytes: int, fixed_bytes: int, f
     return max(1, int((free_bytes * fraction - fixed_bytes) // max(per_item_bytes, 1)))
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class Batches(Generic[T]):
+    """What :meth:`RefinementScheduler.run_batches` did with each item (an index into its groups)."""
+
+    done: list[tuple[torch.Tensor, T]] = field(default_factory=list)  # (items, their batch's result), as run
+    failed: dict[int, str] = field(default_factory=dict)  # item → the memory error of its group alone
+    stopped: list[int] = field(default_factory=list)  # items never run: a batch before theirs said stop
+    splits: list[str] = field(default_factory=list)  # one line per batch split for memory (sizes only)
+
+
+@dataclass(frozen=True)
+class MemoryFailure:
+    """A batch that ran out of memory: the error's message (sizes only)."""
+
+    message: str
+
+
 @dataclass
 class Refined:
     """Every item of one :meth:`RefinementScheduler.refine`, in the order given."""
 
-    trainable: torch.Tensor  # [B, k, d]: the refined rows (a failed item keeps its starting rows)
-    traces: list[list[float]]  # per item: its anonymity + attribute loss per step ([] if it failed)
+    trainable: torch.Tensor  # [B, k, d]: the refined rows (a failed or stopped item keeps its starting rows)
+    traces: list[list[float]]  # per item: its anonymity + attribute loss per step ([] if it never ran)
+    steps: list[int]  # per item: the steps its batch ran (fewer than asked in the batch on_step stopped)
     failed: dict[int, str] = field(default_factory=dict)  # item → the memory error of its group alone
-    steps_run: int = 0  # the fewest steps any batch ran (fewer than asked once cancelled)
+    stopped: list[int] = field(default_factory=list)  # items never refined: on_step stopped an earlier batch
     splits: list[str] = field(default_factory=list)  # one line per batch split for memory (sizes only)
 
 
@@ -62,43 +87,68 @@ class RefinementScheduler:
         self, mix: Mix, x: torch.Tensor, groups: torch.Tensor, steps: int, on_step: StepCallback | None = None
     ) -> Refined:
         """Refine every item of ``mix`` for the aligned originals ``x``, ``groups`` [B] marking one
-        person under one key; batches stop early once ``on_step`` returns False."""
-        out = Refined(trainable=mix.trainable.clone(), traces=[[] for _ in range(x.shape[0])], steps_run=steps)
+        person under one key. Once ``on_step`` returns False the batch stops, and the batches not
+        yet run never start: their items are ``stopped``, not refined."""
+        batches = self.run_batches(
+            "a refinement batch",
+            groups,
+            lambda chunk: self._refine(mix.take(chunk), x[chunk], groups[chunk], steps, self.config, on_step),
+            stop=lambda result: result.cancelled,
+        )
+        b = x.shape[0]
+        out = Refined(
+            mix.trainable.clone(), [[] for _ in range(b)], [0] * b, batches.failed, batches.stopped, batches.splits
+        )
+        for chunk, result in batches.done:
+            out.trainable[chunk] = result.trainable
+            for i, trace in zip(chunk.tolist(), result.loss_trace.T.cpu().tolist(), strict=True):
+                out.traces[i], out.steps[i] = trace, result.steps_run
+        return out
+
+    def run_batches(
+        self,
+        batch: str,
+        groups: torch.Tensor,
+        run: Callable[[torch.Tensor], T],
+        stop: Callable[[T], bool] = lambda result: False,
+    ) -> Batches[T]:
+        """``run`` on the items of ``groups`` [B] (their indices), batch by batch as :meth:`chunks`
+        cuts them. A batch out of memory is split in halves, whole groups, and retried down to one
+        group; a group that does not fit even alone has its items ``failed``, and the other batches
+        go on. Once ``stop`` says so of a batch's result, the batches not yet run are left: their
+        items are ``stopped``. ``batch`` names a batch in ``splits`` ("a refinement batch")."""
+        out: Batches[T] = Batches()
         pending = self.chunks(groups)
         while pending:
             chunk = pending.pop(0)
-            result = self._refine_batch(mix.take(chunk), x[chunk], groups[chunk], steps, on_step)
-            if isinstance(result, str):
+            result = self._attempt(run, chunk)
+            if isinstance(result, MemoryFailure):
                 parts = halves(chunk, groups)
                 if parts:
                     out.splits.append(
-                        f"a refinement batch of {len(chunk)} items ran out of memory; retrying it as "
-                        f"{len(parts[0])} + {len(parts[1])} items: {result}"
+                        f"{batch} of {len(chunk)} items ran out of memory; retrying it as "
+                        f"{len(parts[0])} + {len(parts[1])} items: {result.message}"
                     )
                     pending[:0] = parts
                 else:
-                    out.failed.update(dict.fromkeys(chunk.tolist(), result))
+                    out.failed.update(dict.fromkeys(chunk.tolist(), result.message))
                 continue
-            out.trainable[chunk] = result.trainable
-            for i, trace in zip(chunk.tolist(), result.loss_trace.T.cpu().tolist(), strict=True):
-                out.traces[i] = trace
-            out.steps_run = min(out.steps_run, result.steps_run)
-            if result.cancelled:
+            out.done.append((chunk, result))
+            if stop(result):
+                out.stopped = sorted(i for left in pending for i in left.tolist())
                 break
         return out
 
-    def _refine_batch(
-        self, mix: Mix, x: torch.Tensor, groups: torch.Tensor, steps: int, on_step: StepCallback | None
-    ) -> RefineResult | str:
-        """One refinement batch, or the message of the memory error it ran into."""
+    def _attempt(self, run: Callable[[torch.Tensor], T], chunk: torch.Tensor) -> T | MemoryFailure:
+        """One batch, or the memory error it ran into."""
         try:
-            return self._refine(mix, x, groups, steps, self.config, on_step)
+            return run(chunk)
         except MEMORY_ERRORS as exc:
-            message = str(exc)
+            failure = MemoryFailure(str(exc))
         # Only now are the failed step's frames, and the tensors they held, released.
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return message
+        return failure
 
     def chunks(self, groups: torch.Tensor) -> list[torch.Tensor]:
         """Item indices per refinement batch: whole groups, at most :meth:`limit` items each."""
