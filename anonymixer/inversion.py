@@ -24,6 +24,7 @@ from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig
 from anonymixer.losses import ALIGNED_SIZE, FRFeatureLoss, resize
 from anonymixer.networks import AnyGenerator
+from anonymixer.refine import saved_tensor_budget
 from anonymixer.synthesis import synthesize
 
 # Called after every step with (step index, per-item loss before it, W+ after it); a progress
@@ -67,18 +68,22 @@ def invert_latents(
     on_step: InversionCallback | None = None,
     resolution: int | None = None,
     compile: str = "off",
+    memory_budget_mib: float = 0.0,
 ) -> InversionResult:
     """W+ [B, n_latent, d] whose renders reproduce the aligned faces ``x`` [B, 3, S, S].
 
     Each step renders at ``resolution`` (``ProtectConfig.loss_resolution``; None: full), through
-    torch.compile when ``compile`` says so (:mod:`anonymixer.synthesis`)."""
+    torch.compile when ``compile`` says so (:mod:`anonymixer.synthesis`). A batch that does not fit
+    raises MemoryError (past ``memory_budget_mib``, as the refinement does) or the device's
+    OutOfMemoryError: the caller splits it (:meth:`~anonymixer.scheduler.RefinementScheduler.run_batches`)."""
     targets = loss.targets(x)
     param = latent_avg.detach()[None].repeat(x.shape[0], 1, 1).requires_grad_(True)
     optimiser = torch.optim.Adam([param], lr=lr)
     trace = []
     for step in range(steps):
         with torch.enable_grad():  # callers may hold a no_grad context for the stages around it
-            per_item = loss(synthesize(generator, param, resolution, compile), targets)
+            with saved_tensor_budget(memory_budget_mib, x.shape[0], "inversion"):
+                per_item = loss(synthesize(generator, param, resolution, compile), targets)
             optimiser.zero_grad(set_to_none=True)
             per_item.sum().backward()
         optimiser.step()
@@ -103,4 +108,5 @@ def invert_as_configured(
         lr=config.inversion_lr,
         resolution=config.loss_resolution,
         compile=config.compile,
+        memory_budget_mib=config.memory_budget_mib,
     )

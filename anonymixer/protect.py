@@ -7,7 +7,9 @@ The pipeline, as the paper reads (DESIGN §5), one block each in :meth:`Protecto
 
 1. **check** the call: faces, keys, groups, steps (:mod:`anonymixer.validation`);
 2. **views**: a face alone in its group gets augmented views that join it as one group;
-3. **invert** every distinct face once (e4e, or by optimisation: :mod:`anonymixer.inversion`);
+3. **invert** every distinct face once (e4e, or by optimisation: :mod:`anonymixer.inversion`, in
+   batches split on out-of-memory as the refinement's are; a face that does not fit even alone is
+   reported as :class:`OutOfMemory` for its items, which go no further);
 4. **mix**: each key's latent (:mod:`anonymixer.keys`) into its face's (:mod:`anonymixer.mixing`);
 5. **refine** every item together, in the batches :class:`~anonymixer.scheduler.RefinementScheduler`
    forms (whole groups within a memory limit; a batch out of memory is split, and a group that
@@ -68,7 +70,8 @@ class ProtectedFace:
 
 @dataclass(frozen=True)
 class OutOfMemory:
-    """The outcome of an item whose group did not fit in memory even alone in its refinement batch."""
+    """The outcome of an item whose group did not fit in memory even alone in its refinement batch,
+    or whose face's inversion (by optimisation) did not fit even alone."""
 
     message: str  # the memory error of that last try (sizes only: no key, latent or embedding)
 
@@ -213,28 +216,36 @@ class Protector:
         x = torch.stack([image_tensor(im, self.device) for im in originals])
         all_x, source, all_groups = self._with_views(x, originals, keys, group_ids)
 
-        # 3. invert, 4. mix
-        w_real = (self._invert(x, timer) if latents is None else latents.to(self.device).float())[source]
-        with timer("map"):
-            templates = self.templates(all_x, all_groups) if self.config.mix_mode == "template" else None
-            mix = self.mix(w_real, keys, source, templates)
-
-        # 5. refine
-        with timer("refine"):
-            refined = self.scheduler.refine(mix, all_x, all_groups, steps, on_step)
-        self.splits = refined.splits
-
-        outcomes = self._finish(refined, mix, x, n, timer)
+        # 3. invert: a photo that does not fit in memory even alone is out of memory, and its items
+        # (its views too) go no further
+        self.splits, self.refined_items = [], 0
+        w_photos, lost = self._invert(x, timer) if latents is None else (latents.to(self.device).float(), {})
+        outcomes: dict[int, Outcome] = {i: OutOfMemory(message) for i, message in lost.items()}
+        photos = [i for i in range(n) if i not in lost]  # the refinement's first items; their views follow
+        if photos:
+            alive = torch.tensor([j for j, i in enumerate(source.tolist()) if i not in lost], device=self.device)
+            all_x, source, all_groups = all_x[alive], source[alive], all_groups[alive]
+            # 4. mix
+            with timer("map"):
+                templates = self.templates(all_x, all_groups) if self.config.mix_mode == "template" else None
+                mix = self.mix(w_photos[source], keys, source, templates)
+            # 5. refine
+            with timer("refine"):
+                refined = self.scheduler.refine(mix, all_x, all_groups, steps, on_step)
+            self.splits += refined.splits
+            self.refined_items = len(source) - len(refined.failed) - len(refined.stopped)
+            outcomes |= self._finish(refined, mix, x, photos, timer)
         self.timings = timer.seconds
-        self.refined_items = len(source) - len(refined.failed) - len(refined.stopped)
-        return outcomes
+        return [outcomes[i] for i in range(n)]
 
-    def _finish(self, refined: Refined, mix: Mix, x: torch.Tensor, n: int, timer: StageTimer) -> list[Outcome]:
-        """Steps 6 and 7 for the refined faces among the first ``n`` items (the photos; the views
-        follow them), and the outcome of each of the others."""
-        outcomes: dict[int, Outcome] = {i: OutOfMemory(m) for i, m in refined.failed.items() if i < n}
-        outcomes |= {i: Stopped() for i in refined.stopped if i < n}
-        done = [i for i in range(n) if i not in outcomes]
+    def _finish(
+        self, refined: Refined, mix: Mix, x: torch.Tensor, photos: list[int], timer: StageTimer
+    ) -> dict[int, Outcome]:
+        """Steps 6 and 7: the outcome of each of ``photos``, the photos ``x`` that refinement items
+        0, 1, … refined (the views follow them): a face for those refined, else what became of them."""
+        outcomes: dict[int, Outcome] = {photos[k]: OutOfMemory(m) for k, m in refined.failed.items() if k < len(photos)}
+        outcomes |= {photos[k]: Stopped() for k in refined.stopped if k < len(photos)}
+        done = [k for k, i in enumerate(photos) if i not in outcomes]  # refinement items
         if done:
             # 6. render, 7. template: of exactly the pixels returned, read back as any aligned face is
             kept = torch.tensor(done, device=self.device)
@@ -243,19 +254,20 @@ class Protector:
                     pixels = quantize(self.stages.render(mix.take(kept).assemble(refined.trainable[kept])).float())
                 with timer("embed"):
                     returned = fr_crop(aligned_input(pixels))
-                    embeddings = self.stages.embed(torch.cat([returned, fr_crop(x[kept])])).float()
+                    originals = x[[photos[k] for k in done]]
+                    embeddings = self.stages.embed(torch.cat([returned, fr_crop(originals)])).float()
                 templates, originals_emb = embeddings[: len(done)], embeddings[len(done) :]
                 similarity = (templates * originals_emb).sum(dim=1)
             pictures = pixels.permute(0, 2, 3, 1).cpu().numpy()
-            for k, i in enumerate(done):
-                outcomes[i] = ProtectedFace(
-                    image=pictures[k],
-                    template=templates[k].cpu().numpy(),
-                    original_similarity=float(similarity[k]),
-                    loss_trace=refined.traces[i],
-                    steps=refined.steps[i],
+            for row, k in enumerate(done):
+                outcomes[photos[k]] = ProtectedFace(
+                    image=pictures[row],
+                    template=templates[row].cpu().numpy(),
+                    original_similarity=float(similarity[row]),
+                    loss_trace=refined.traces[k],
+                    steps=refined.steps[k],
                 )
-        return [outcomes[i] for i in range(n)]
+        return outcomes
 
     @torch.no_grad()
     def mix(
@@ -346,27 +358,42 @@ class Protector:
         groups = torch.from_numpy(inverse.astype(np.int64)).to(self.device)
         return torch.cat([x, *view_x]), torch.tensor(source, device=self.device), groups
 
-    def _invert(self, x: torch.Tensor, timer: StageTimer) -> torch.Tensor:
-        """W+ [B, n_latent, d] of the aligned faces ``x``, each distinct face inverted once."""
+    def _invert(self, x: torch.Tensor, timer: StageTimer) -> tuple[torch.Tensor, dict[int, str]]:
+        """(W+ [B, n_latent, d] of the aligned faces ``x``, each distinct face inverted once; photo →
+        the memory error of a face whose inversion did not fit even alone, its W+ left at latent_avg).
+        Inversion batches out of memory are split as refinement batches are (``splits``)."""
         slots: dict[bytes, int] = {}  # digest → index among the distinct faces, in first-seen order
         slot = [slots.setdefault(hashlib.sha256(face.cpu().numpy().tobytes()).digest(), len(slots)) for face in x]
         faces = x[[slot.index(k) for k in range(len(slots))]]
-        self.inverted_items = len(slots)
+        failed: dict[int, str] = {}
         if self.inversion == "encoder":
             with timer("encode"), torch.no_grad():
                 w = self.stages.encode(faces).float()
         else:
             with timer("invert"):
-                chunks = self.scheduler.chunks(torch.arange(len(slots), device=self.device))
-                w = torch.cat([invert_as_configured(faces[c], self.model, self.config).w_plus for c in chunks])
-        return w[torch.tensor(slot, device=self.device)]
+                batches = self.scheduler.run_batches(
+                    "an inversion batch",
+                    torch.arange(len(slots), device=self.device),  # each face alone: no group to keep whole
+                    lambda chunk: invert_as_configured(faces[chunk], self.model, self.config).w_plus,
+                )
+            w = self.model.latent_avg[None].repeat(len(slots), 1, 1)
+            for chunk, w_chunk in batches.done:
+                w[chunk] = w_chunk
+            failed = batches.failed
+            self.splits += batches.splits
+        self.inverted_items = len(slots) - len(failed)
+        return w[torch.tensor(slot, device=self.device)], {i: failed[s] for i, s in enumerate(slot) if s in failed}
 
     def invert(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """W+ [B, n_latent, d] of aligned faces (uint8 [H, W, 3]) as :meth:`protect` inverts them.
         For the core's callers (evaluation, benchmarks, the demo's reconstructions): the service
-        never returns a face's latent."""
+        never returns a face's latent. Raises MemoryError when a face does not fit even alone."""
         x = torch.stack([image_tensor(check_image(im, i), self.device) for i, im in enumerate(images)])
-        return self._invert(x, StageTimer(self.device))
+        self.splits = []
+        w, failed = self._invert(x, StageTimer(self.device))
+        if failed:
+            raise MemoryError(next(iter(failed.values())))
+        return w
 
     @torch.no_grad()
     def unmix(self, w_plus: torch.Tensor, key: KeyLike | Sequence[KeyLike]) -> torch.Tensor:

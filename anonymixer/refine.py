@@ -85,9 +85,10 @@ def set_memory_format(modules: Iterable[nn.Module], channels_last: bool) -> None
 
 
 @contextlib.contextmanager
-def saved_tensor_budget(budget_mib: float, items: int) -> Iterator[None]:
+def saved_tensor_budget(budget_mib: float, items: int, what: str = "refinement") -> Iterator[None]:
     """Raise MemoryError inside a forward pass once the tensors autograd saves for backward
-    (each storage counted once) exceed ``budget_mib`` (ProtectConfig.memory_budget_mib; 0: none)."""
+    (each storage counted once) exceed ``budget_mib`` (ProtectConfig.memory_budget_mib; 0: none).
+    ``what`` names the loop in the message (the refinement's, or the inversion's)."""
     if not budget_mib:
         yield
         return
@@ -103,7 +104,7 @@ def saved_tensor_budget(budget_mib: float, items: int) -> Iterator[None]:
             total += storage.nbytes()
             if total > limit:
                 raise MemoryError(
-                    f"refinement of {items} items needs more than {budget_mib:g} MiB of activations (memory_budget_mib)"
+                    f"{what} of {items} items needs more than {budget_mib:g} MiB of activations (memory_budget_mib)"
                 )
         return tensor
 

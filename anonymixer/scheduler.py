@@ -9,7 +9,8 @@ holds, from one step's memory measured once), and refines each batch with
 that does not fit even alone is reported for its items, and the other batches go on. Batch
 composition changes no result: items' losses are independent except within a group. Once
 ``on_step`` stops a batch, the batches not yet run are left, and their items reported as such.
-:meth:`RefinementScheduler.run_batches` is that loop for any batched optimisation.
+:meth:`RefinementScheduler.run_batches` is that loop for any batched optimisation: the inversion
+by optimisation runs its batches through it too (each face alone), so it splits alike.
 
 With ``compile`` on, :meth:`warm_up` runs the step for every batch bucket a batch can be padded
 to, on inert items, before the first request: the compiled synthesis it shares with the inversion

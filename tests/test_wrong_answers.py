@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from anonymixer import bundle
+from anonymixer import bundle, protect
 from anonymixer.config import ProtectConfig
-from anonymixer.protect import ProtectedFace, Protector, RefinementStopped, Stopped
-from tests.test_protect import faces
+from anonymixer.protect import OutOfMemory, ProtectedFace, Protector, RefinementStopped, Stopped, image_tensor
+from tests.test_protect import assert_same_faces, faces
 
 
 def stop_at(call: int):
@@ -36,3 +37,58 @@ def test_a_stopped_refinement_returns_no_face_for_the_batches_that_never_ran(tin
         protector.protect(images, keys, steps=4, on_step=stop_at(5))
     # stopped in the last batch, every face was refined: protect() returns them, each with its own steps
     assert [f.steps for f in protector.protect(images, keys, steps=4, on_step=stop_at(9))] == [4, 4, 2]
+
+
+INVERT = {"views": 0, "inversion": "optimize", "inversion_steps": 2, "attribute_loss": "fr_features"}
+
+
+def test_an_inversion_batch_out_of_memory_is_split_and_retried(tiny_bundle_dir: Path) -> None:
+    """A tiny inversion step saves ~1.2 MiB + ~15 MiB per face for backward: 40 MiB holds two faces, not four."""
+    model = bundle.load(tiny_bundle_dir)
+    images = faces(4, seed=43)
+    free = Protector(model, ProtectConfig(**INVERT)).invert(images)
+    tight = Protector(model, ProtectConfig(**INVERT, memory_budget_mib=40))
+    torch.testing.assert_close(tight.invert(images), free, atol=1e-5, rtol=1e-4)
+    assert tight.splits == [
+        "an inversion batch of 4 items ran out of memory; retrying it as 2 + 2 items: "
+        "inversion of 4 items needs more than 40 MiB of activations (memory_budget_mib)"
+    ]
+    nothing_fits = Protector(model, ProtectConfig(**INVERT, memory_budget_mib=10))
+    with pytest.raises(MemoryError, match=r"^inversion of 1 items needs more than 10 MiB"):
+        nothing_fits.invert(images)
+    outcomes = nothing_fits.protect_each(images, b"k", steps=1)
+    assert all(isinstance(o, OutOfMemory) and o.message.startswith("inversion of 1 items") for o in outcomes)
+    assert nothing_fits.inverted_items == nothing_fits.refined_items == 0 and "refine" not in nothing_fits.timings
+
+
+def test_a_face_whose_inversion_does_not_fit_alone_fails_only_its_items(
+    tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory injected for every inversion batch that holds face b (a real one cannot be had
+    at will on the CPU): b's two items are OutOfMemory, the others are the faces they would be."""
+    a, b, c = faces(3, seed=44)
+    images, keys = [a, b, c, b], [b"ka", b"kb", b"kc", b"kb2"]
+    model = bundle.load(tiny_bundle_dir)
+    free = Protector(model, ProtectConfig(**INVERT)).protect_each([a, c], [b"ka", b"kc"], steps=2)
+    real, face_b = protect.invert_as_configured, image_tensor(b, torch.device("cpu"))
+
+    def out_of_memory_with_b(x: torch.Tensor, *args, **kwargs):
+        if any(torch.equal(face, face_b) for face in x):
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory with {len(x)} faces")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(protect, "invert_as_configured", out_of_memory_with_b)
+    protector = Protector(model, ProtectConfig(**INVERT))
+    outcomes = protector.protect_each(images, keys, steps=2)
+    assert [type(o) for o in outcomes] == [ProtectedFace, OutOfMemory, ProtectedFace, OutOfMemory]
+    assert outcomes[1] == outcomes[3] == OutOfMemory("CUDA out of memory with 1 faces")
+    # faces a, b, c → {a, b} + {c}; then {a} + {b}, and b alone is out of memory
+    assert [s.split(":")[0] for s in protector.splits] == [
+        "an inversion batch of 3 items ran out of memory; retrying it as 2 + 1 items",
+        "an inversion batch of 2 items ran out of memory; retrying it as 1 + 1 items",
+    ]
+    assert protector.inverted_items == 2 and protector.refined_items == 2
+    for got, expected in zip((outcomes[0], outcomes[2]), free, strict=True):
+        assert_same_faces(got, expected)
+    with pytest.raises(MemoryError, match="CUDA out of memory with 1 faces"):
+        protector.protect(images, keys, steps=2)
