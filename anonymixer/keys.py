@@ -103,6 +103,14 @@ def uniforms(stream: bytes) -> list[float]:
     return [((word >> 11) + 0.5) * 2.0**-53 for (word,) in struct.iter_unpack(">Q", stream)]
 
 
+def salt_fingerprint(salt: bytes) -> str:
+    """12 hex digits that name a deployment salt in logs without revealing it (a domain-separated
+    SHA-256 of random bytes cannot be turned back); the empty salt is ``none``."""
+    if not salt:
+        return "none"
+    return hmac.new(b"anonymixer/salt-fingerprint", salt, hashlib.sha256).hexdigest()[:12]
+
+
 def key_z(key: SecretKey, salt: bytes = b"", dim: int = 512) -> np.ndarray:
     """The key's z: ``dim`` standard normals, derived in float64 and returned as float32."""
     if dim <= 0 or dim % 2:

@@ -52,14 +52,15 @@ import torch
 from anonymixer import bundle
 from anonymixer.bundle import BundleError
 from anonymixer.config import resolve_settings
-from anonymixer.keys import identity_derivation
+from anonymixer.keys import identity_derivation, salt_fingerprint
 from anonymixer.protect import OutOfMemory, ProtectedFace, Protector
 from exporter.repository import algorithm_overrides
 from optimizer_backend.bls import STAGE_MODELS, bls_error_in, build_stages
 from optimizer_backend.decode import Item, ItemError, encode_png, parse_request
+from optimizer_backend.heartbeat import beating, heartbeat
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
-from optimizer_backend.responses import error_response, probe_answer, read_inputs
+from optimizer_backend.responses import error_response, internal_error, probe_answer, read_inputs
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -70,9 +71,20 @@ INPUTS = ("IMAGE", "KEY", "GROUP", "STEPS")
 PARAMETERS = ("bundle", "algorithm", "network_max_batch", "max_image_pixels", *(f"{s}_via" for s in STAGE_MODELS))
 
 
-def read_salt(params: dict[str, str]) -> bytes:
+def read_salt(params: dict[str, str]) -> tuple[bytes, str]:
+    """(the deployment salt, what to log of it): the file's bytes exactly as they are — a salt is
+    bytes, not text, and a byte stripped would silently give every key another face."""
     path = os.environ.get("ANONYMIXER_SALT_FILE") or params.get("salt_file")
-    return Path(path).read_bytes().strip() if path else b""
+    if not path:
+        return b"", "no deployment salt"
+    salt = Path(path).read_bytes()
+    said = f"deployment salt from {path}: {len(salt)} bytes, fingerprint {salt_fingerprint(salt)}"
+    if salt != salt.strip():
+        said += (
+            f" (it begins or ends with whitespace, which is part of the salt; before 2026-12-05 it was "
+            f"stripped: fingerprint then {salt_fingerprint(salt.strip())})"
+        )
+    return salt, said
 
 
 def utf8_text_files() -> None:
@@ -107,7 +119,9 @@ class TritonPythonModel:
             pb_utils.Logger.log_info(f"{self.name}: {model.notice}")
         self.unsupported: str | None = None
         try:
-            self.protector = Protector(model, protect_config, salt=read_salt(params), stages=stages)
+            salt, said = read_salt(params)
+            pb_utils.Logger.log_info(f"{self.name}: {said}")
+            self.protector = Protector(model, protect_config, salt=salt, stages=stages)
         except BundleError as exc:
             self.unsupported = f"{self.name} cannot protect faces with this server's bundle: {exc}"
             pb_utils.Logger.log_warn(self.unsupported)
@@ -130,8 +144,9 @@ class TritonPythonModel:
             + (f", synthesis compiled ({protect_config.compile}) for batches {compiled}" if compiled else "")
         )
 
+    @beating
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [probe_answer(request) for request in requests]
+        responses: list[Any] = [probe_answer(request, self.unsupported) for request in requests]
         if self.unsupported is not None:
             return [
                 answer or self._error(self.unsupported, "unsupported", pb_utils.TritonError.UNSUPPORTED)
@@ -165,6 +180,7 @@ class TritonPythonModel:
                 groups[(r, j)] = groups.setdefault(("g", r, group) if group is not None else ("i", r, j), len(groups))
 
             def check_cancelled(step: int, cos: torch.Tensor, owners: set[int] = owners) -> bool:
+                heartbeat().beat()  # a step done: progress the supervisor sees without queueing
                 cancelled.update(r for r in owners if requests[r].is_cancelled())
                 return not owners <= cancelled
 
@@ -177,7 +193,6 @@ class TritonPythonModel:
                     on_step=check_cancelled,
                 )
             except Exception as exc:  # a failure of this batch must not take the instance down
-                pb_utils.Logger.log_error(f"{self.name}: refinement failed: {type(exc).__name__}: {exc}")
                 message, reason, status = self._failure(exc)
                 for r in owners:
                     responses[r] = responses[r] or self._error(message, reason, status)
@@ -229,8 +244,9 @@ class TritonPythonModel:
         bls = bls_error_in(exc)
         if bls is not None:  # the network model may be back at the client's retry
             message = f"{self.name}: a network model is unavailable, retry: {bls}"
+            pb_utils.Logger.log_error(message)
             return message, "network_unavailable", pb_utils.TritonError.UNAVAILABLE
-        return f"internal error: {type(exc).__name__}", "internal", pb_utils.TritonError.INTERNAL
+        return internal_error(self.name, "protecting faces", exc), "internal", pb_utils.TritonError.INTERNAL
 
     def _error(self, message: str, reason: str, status: int) -> Any:
         return error_response(self.name, self.metrics, message, reason, status)

@@ -15,6 +15,7 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from anonymixer.bundle import Bundle
 from anonymixer.stages import Stages, torch_stages
+from optimizer_backend.heartbeat import heartbeat
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -47,9 +48,9 @@ def bls_error_in(exc: BaseException) -> BLSError | None:
 
 def bls_call(model: str, inputs: list[Any], outputs: list[str], **kwargs: Any) -> Any:
     """One BLS request to ``model`` of this server; its error becomes a BLSError naming the model."""
-    response = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=outputs, inputs=inputs, **kwargs
-    ).exec()
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs, **kwargs)
+    with heartbeat().waiting():  # the callee's queue and work are its own: judged by its own heartbeat
+        response = request.exec()
     if response.has_error():
         raise BLSError(f"{model}: {response.error().message()}")
     return response

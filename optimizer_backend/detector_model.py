@@ -20,6 +20,7 @@ import numpy as np
 
 from anonymixer.config import config_from_dict
 from anonymixer.face_detection import ROW, DetectorConfig, FaceDetector
+from optimizer_backend.heartbeat import beating
 from optimizer_backend.onnx_model import model_parameters
 from optimizer_backend.responses import pad_stack
 
@@ -36,6 +37,7 @@ class TritonPythonModel:
         config = config_from_dict(DetectorConfig, json.loads(params["detector"]))
         self.detector = FaceDetector(folder, config)
 
+    @beating
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:

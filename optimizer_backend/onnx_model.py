@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from optimizer_backend.heartbeat import beating
+
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover - lets the module be imported for tests and docs
@@ -166,6 +168,7 @@ class TritonPythonModel:
 
         return pb_utils.Tensor.from_dlpack(self.output["name"], to_dlpack(part.contiguous()))
 
+    @beating
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         arrays, owners = [], []

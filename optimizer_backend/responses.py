@@ -3,6 +3,8 @@ named inputs, answer a rejected request (logged and counted by reason), pad ragg
 
 from __future__ import annotations
 
+import secrets
+import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,12 +31,30 @@ def says_model_down(message: str) -> bool:
 PROBE_REQUEST_ID = "anonymixer-supervisor-probe"
 
 
-def probe_answer(request: Any) -> Any | None:
-    """The answer to a supervisor probe — it proves this stub runs ``execute`` — or None for any
-    other request. Probes are not logged or counted as errors: they come every few seconds."""
+# How a model that loaded but cannot serve answers a probe (UNSUPPORTED): not ready, and a reload
+# would load the same bundle and settings again, so the supervisor does not reload it.
+CANNOT_SERVE = "cannot serve: "
+
+
+def probe_answer(request: Any, cannot_serve: str | None = None) -> Any | None:
+    """The answer to a supervisor probe — it proves this stub runs ``execute``, or says why it
+    cannot serve — or None for any other request. Probes are not logged or counted as errors:
+    they come every few seconds."""
     if request.request_id() != PROBE_REQUEST_ID:
         return None
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError("alive", pb_utils.TritonError.INVALID_ARG))
+    if cannot_serve is not None:
+        error = pb_utils.TritonError(CANNOT_SERVE + cannot_serve, pb_utils.TritonError.UNSUPPORTED)
+    else:
+        error = pb_utils.TritonError("alive", pb_utils.TritonError.INVALID_ARG)
+    return pb_utils.InferenceResponse(error=error)
+
+
+def internal_error(model: str, doing: str, exc: BaseException) -> str:
+    """Log ``exc`` with its traceback under a new error id; the message for the requests it
+    failed names the id (a user quotes it, the operator finds the traceback), never the details."""
+    error_id = secrets.token_hex(6)
+    pb_utils.Logger.log_error(f"{model}: error {error_id} while {doing}:\n{traceback.format_exc()}")
+    return f"{model}: internal error while {doing}: {type(exc).__name__} (error id {error_id} in the server's log)"
 
 
 def read_inputs(request: Any, names: Iterable[str]) -> dict[str, np.ndarray | None]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import time
-import traceback
 from typing import Any
 
 import numpy as np
@@ -40,9 +39,17 @@ from anonymixer.face_detection import ROW, shrink_for_detection
 from anonymixer.scene import SceneConfig, SceneFace, compose, plan_faces, to_protect
 from optimizer_backend.bls import BLSError, bls_call
 from optimizer_backend.decode import ItemError, PhotoItem, decode_image, encode_png, parse_scene_request
+from optimizer_backend.heartbeat import beating
 from optimizer_backend.metrics import ModelMetrics
 from optimizer_backend.onnx_model import model_parameters
-from optimizer_backend.responses import error_response, pad_stack, probe_answer, read_inputs, says_model_down
+from optimizer_backend.responses import (
+    error_response,
+    internal_error,
+    pad_stack,
+    probe_answer,
+    read_inputs,
+    says_model_down,
+)
 
 try:  # only importable inside the Triton Python backend
     import triton_python_backend_utils as pb_utils
@@ -78,6 +85,7 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.metrics = ModelMetrics(self.name)
 
+    @beating
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [probe_answer(request) for request in requests]
         plans: dict[int, Plan] = {}
@@ -169,9 +177,7 @@ class TritonPythonModel:
             if says_model_down(str(exc)):
                 return message, "unavailable", pb_utils.TritonError.UNAVAILABLE
             return message, "internal", pb_utils.TritonError.INTERNAL
-        message = f"{self.name}: internal error while {stage}: {type(exc).__name__}"
-        pb_utils.Logger.log_error(f"{message}\n{traceback.format_exc()}")
-        return message, "internal", pb_utils.TritonError.INTERNAL
+        return internal_error(self.name, stage, exc), "internal", pb_utils.TritonError.INTERNAL
 
     def _detect(self, photo: np.ndarray) -> np.ndarray:
         # Shrink here, not in the detector: a 40 M pixel photo is 480 MB as FP32 in shared memory.

@@ -4,13 +4,14 @@
                      [--gpu [--stages-via torch]] [--host 127.0.0.1] [--grpc-port 8001] [--http-port 8000]
                      [--metrics-port 8002] [--health-port 8003] [--tritonserver PATH]
                      [--tls-cert F --tls-key F [--tls-ca F]] [--api-key-file F]
-                     [--probe-interval S] [--probe-timeout S] [--max-restarts N]
+                     [--probe-interval S] [--probe-timeout S] [--heartbeat-timeout S]
+                     [--triton-timeout S] [--max-restarts N]
 
 Without ``--repository`` the bundle and repository are built on first use and cached by content
 (:mod:`exporter.cache`). Triton runs under the supervisor (:mod:`optimizer_backend.supervisor`):
-a model whose stub process dies is reloaded on its own, ``/health/ready`` on the health port
-tells whether every model really serves, and the process exits 3 when a model cannot be brought
-back.
+a model whose stub process dies or hangs is reloaded on its own (a busy one is not),
+``/health/ready`` on the health port tells whether every model really serves, and the process
+exits non-zero when Triton exits (its code), hangs (4) or a model cannot be brought back (3).
 """
 
 from __future__ import annotations
@@ -82,7 +83,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--probe-timeout",
         type=float,
         default=defaults.probe_timeout_s,
-        help="a probe not answered within this marks the model wedged (it waits behind real work)",
+        help="a probe not answered within this, while the model's heartbeat shows no work, marks it wedged",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=defaults.heartbeat_timeout_s,
+        help="a busy model whose heartbeat does not advance for this long is wedged (it beats every step)",
+    )
+    parser.add_argument(
+        "--triton-timeout",
+        type=float,
+        default=defaults.triton_timeout_s,
+        help="tritonserver not answering its liveness endpoint this long is hung: kill it and exit 4",
     )
     parser.add_argument(
         "--max-restarts", type=int, default=defaults.max_restarts, help="per model within --restart-window"
@@ -157,6 +170,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = SupervisorSettings(
         probe_interval_s=args.probe_interval,
         probe_timeout_s=args.probe_timeout,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        triton_timeout_s=args.triton_timeout,
         max_restarts=args.max_restarts,
         restart_window_s=args.restart_window,
     )

@@ -130,6 +130,7 @@ class EmbeddedTritonServer:
         extra_args: tuple[str, ...] = (),
         binary: str | Path | None = None,
         http_host: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -142,6 +143,7 @@ class EmbeddedTritonServer:
         self.extra_args = extra_args
         self.binary = Path(binary) if binary else None
         self.http_host = host if http_host is None else http_host
+        self.env = dict(env or {})  # more environment for Triton and its stubs
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -189,7 +191,7 @@ class EmbeddedTritonServer:
         ]
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         # torch.compile's caches (ProtectConfig.compile) beside the repository, kept across restarts:
         # a warm cache brings the compiled synthesis's start-up from about a minute to seconds
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache_dir / "inductor"))
@@ -217,6 +219,14 @@ class EmbeddedTritonServer:
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def live(self, timeout_s: float = 5.0) -> bool:
+        """Whether tritonserver answers its liveness endpoint (models aside)."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/live", timeout=timeout_s) as response:
                 return response.status == 200
         except OSError:
             return False

@@ -7,25 +7,30 @@ native crash in a decoder, a CUDA fault): the model answers every request with "
 supervisor, a thread of the launcher's process:
 
 - checks every ``check_interval_s`` that each Python model's stub processes (children of
-  ``tritonserver``) are alive;
+  ``tritonserver``) are alive, not stopped by the kernel (state T for ``stopped_grace_s``) and, when
+  busy, still making progress: every model writes a heartbeat (:mod:`optimizer_backend.heartbeat`)
+  each refinement or inversion step, which the supervisor reads from a file. This evidence does not
+  queue behind work, so a stub wedged in the middle of a 300 s request is told from a busy one in
+  seconds (stopped) or ``heartbeat_timeout_s`` (no progress);
 - sends every model a cheap real inference every ``probe_interval_s``: zeros for a network
   model; for the service models a request with the probe's id, which their ``execute`` answers
-  at once (``responses.probe_answer``: not logged, not counted as an error). Two probes in a
-  row answered with an unhealthy-stub error, or one not answered within ``probe_timeout_s``,
-  mark the model down; until then a failed probe makes it not ready. The timeout is long by
-  default because a probe waits in the model's queue behind real work, which takes minutes on a
-  CPU;
-- a stub that is alive but stuck (stopped, deadlocked) fails its probes too — Triton itself
-  reports it not healthy — and after the reload the supervisor kills what is left of it;
-- reloads a down model through the repository API with its own configuration plus a reload
-  counter (``supervisor_reload``): Triton starts fresh stubs and swaps them in, the model's name
-  never disappears, so callers only ever see a retryable error, and models that call it over
-  BLS find it again;
+  at once (``responses.probe_answer``: not logged, not counted as an error). Two probes in a row
+  answered with an unhealthy-stub error mark the model down. A probe refused for a full queue
+  says the model is busy, not dead (ready stays 200). A probe still waiting after
+  ``probe_timeout_s`` marks the model down only if its heartbeat shows no work; a model that
+  answers probes UNSUPPORTED (``cannot serve: …``: loaded with a bundle or settings it cannot
+  protect with) is not ready, and not reloaded, since a reload loads the same;
+- reloads a down or wedged model through the repository API with its own configuration plus a
+  reload counter (``supervisor_reload``): Triton starts fresh stubs and swaps them in, the model's
+  name never disappears, so callers only ever see a retryable error, and models that call it over
+  BLS find it again; what is left of a wedged stub is killed;
 - backs off between attempts and gives up after ``max_restarts`` within ``restart_window_s``;
-  the launcher then stops Triton and exits non-zero, so the orchestrator replaces the pod;
-- answers ``GET /health/ready`` (200 only when Triton is ready and every model's stubs are alive
-  and its last probe succeeded) and ``GET /health/live`` (200 until it gives up), with a JSON body
-  per model. The k8s probes use these, not Triton's.
+  the launcher then stops Triton and exits non-zero, so the orchestrator replaces the pod; it does
+  the same when tritonserver exits, or stops answering its own liveness endpoint for
+  ``triton_timeout_s`` (killed first);
+- answers ``GET /health/ready`` (200 only when Triton is ready and every model's stubs are alive,
+  not wedged, and its last probe was answered or refused as busy) and ``GET /health/live`` (200
+  until it gives up), with a JSON body per model. The k8s probes use these, not Triton's.
 
 The repository API is restricted to a header secret only this process knows (``admin_key``), so
 no caller can unload a model.
@@ -37,8 +42,10 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -49,13 +56,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from optimizer_backend.responses import PROBE_REQUEST_ID, says_model_down
+from optimizer_backend.heartbeat import ENV as HEARTBEAT_ENV
+from optimizer_backend.heartbeat import Beat, read_beat
+from optimizer_backend.responses import CANNOT_SERVE, PROBE_REQUEST_ID, says_model_down
 from optimizer_backend.server import EmbeddedTritonServer, ServerError
 
 RELOAD_PARAMETER = "supervisor_reload"
 ADMIN_HEADER = "admin-key"
 API_KEY_HEADER = "api-key"
 EXIT_GAVE_UP = 3
+EXIT_TRITON_HUNG = 4
+PROBE_HTTP_TIMEOUT_S = 3600.0  # the longest request a CPU deployment answers (metrics' last bucket)
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,12 @@ class SupervisorSettings:
 
     check_interval_s: float = 1.0
     probe_interval_s: float = 10.0
-    probe_timeout_s: float = 600.0
+    # A probe waits in the model's queue; one older than this marks the model wedged only when
+    # its heartbeat shows no work either (a busy model's probe waits as long as the work takes).
+    probe_timeout_s: float = 30.0
+    heartbeat_timeout_s: float = 60.0  # a busy stub's beats stop this long: no progress, wedged
+    stopped_grace_s: float = 2.0  # a stub stopped (SIGSTOP, state T) this long is wedged
+    triton_timeout_s: float = 60.0  # tritonserver not answering /v2/health/live this long: hung
     load_timeout_s: float = 600.0
     max_restarts: int = 5
     restart_window_s: float = 600.0
@@ -73,7 +89,9 @@ class SupervisorSettings:
 
 @dataclass
 class ModelHealth:
-    """One model as the supervisor sees it (``state``: ready | down | recovering | failed)."""
+    """One model as the supervisor sees it. ``state``: ready | busy (serving, its queue full or its
+    probe waiting behind work it visibly does) | unsupported (loaded, cannot serve: not reloaded)
+    | down | recovering | failed."""
 
     name: str
     state: str = "ready"
@@ -84,11 +102,20 @@ class ModelHealth:
     failed_probes: int = 0
     restarts: list[float] = field(default_factory=list)
     recoveries: list[dict[str, Any]] = field(default_factory=list)
+    stopped_since: dict[int, float] = field(default_factory=dict)
+    heartbeats: dict[int, Beat] = field(default_factory=dict)
+
+    def serving(self) -> bool:
+        return self.state in ("ready", "busy") and self.last_probe_ok
 
     def report(self, now: float) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("restarts", "last_probe_at", "failed_probes")}
+        hidden = ("restarts", "last_probe_at", "failed_probes", "stopped_since", "heartbeats")
+        out = {k: v for k, v in asdict(self).items() if k not in hidden}
         out["restarts"] = len(self.restarts)
         out["last_probe_s_ago"] = round(now - self.last_probe_at, 1) if self.last_probe_at else None
+        out["heartbeats"] = {
+            str(pid): {"state": beat.state, "s_ago": round(beat.age(now), 1)} for pid, beat in self.heartbeats.items()
+        }
         return out
 
 
@@ -150,12 +177,21 @@ def probe_body(config: dict[str, Any]) -> dict[str, Any]:
     return {"id": PROBE_REQUEST_ID, "inputs": inputs}
 
 
-def probe_healthy(status: int, message: str) -> bool:
-    """An answer proves the model's stubs work unless it is one of Triton's model-down errors;
-    a model's own refusal of the probe's empty input (400) is the answer we want."""
-    if status == 200:
-        return True
-    return status == 400 and not says_model_down(message)
+QUEUE_FULL = "exceeds maximum queue size"
+
+
+def probe_verdict(status: int, message: str) -> str:
+    """What a probe's answer says of the model: ``ok`` (its stub ran ``execute``: a model's own
+    refusal of the probe's empty input, 400, is the answer we want), ``busy`` (Triton refused it
+    for a full queue: the model is serving all it can hold), ``cannot serve`` (loaded in a state
+    that answers every request UNSUPPORTED) or ``failed`` (Triton's model-down errors, no answer)."""
+    if CANNOT_SERVE in message:
+        return "cannot serve"
+    if QUEUE_FULL in message.lower():
+        return "busy"
+    if status == 200 or (status == 400 and not says_model_down(message)):
+        return "ok"
+    return "failed"
 
 
 class TritonAdmin:
@@ -210,9 +246,14 @@ class Supervisor:
         settings: SupervisorSettings | None = None,
         *,
         api_key: str | None = None,
+        heartbeat_dir: Path | None = None,
         log: Any = sys.stderr,
     ) -> None:
         self.server, self.settings, self.log = server, settings or SupervisorSettings(), log
+        self.heartbeat_dir = heartbeat_dir
+        self.triton_hung: str | None = None
+        self._triton_answered = time.monotonic()
+        self._triton_probe: Future[bool] | None = None
         self.admin = TritonAdmin(server.http_url, admin_key, api_key)
         self.models: dict[str, ModelHealth] = {}
         self.configs: dict[str, dict[str, Any]] = {}
@@ -253,9 +294,24 @@ class Supervisor:
             if self.server.process is None or self.server.process.poll() is not None:
                 return
             try:
-                self._check_all(time.monotonic())
+                now = time.monotonic()
+                self._check_triton(now)
+                self._check_all(now)
             except Exception as exc:  # the supervisor must outlive any one bad check
                 self._say(f"check failed: {type(exc).__name__}: {exc}")
+
+    def _check_triton(self, now: float) -> None:
+        """Give up on a tritonserver that stopped answering its own liveness endpoint (hung, or
+        stopped): on a thread, so that a hung server does not hold this loop."""
+        if self._triton_probe is None or self._triton_probe.done():
+            if self._triton_probe is not None and self._triton_probe.result():
+                self._triton_answered = now
+            self._triton_probe = self._pool.submit(self.server.live)
+        silent = now - self._triton_answered
+        if silent > self.settings.triton_timeout_s and self.triton_hung is None:
+            self.triton_hung = f"tritonserver has not answered /v2/health/live for {silent:.0f} s"
+            self._say(f"{self.triton_hung}; stopping it")
+            self.gave_up.set()
 
     def _check_all(self, now: float) -> None:
         for name, model in self.models.items():
@@ -265,7 +321,41 @@ class Supervisor:
             if dead:
                 self._down(model, f"stub process {dead[0]} is gone")
                 continue
+            model.heartbeats = self._heartbeats(model.stubs)
+            wedged = self._wedged(model, now)
+            if wedged:
+                self._down(model, wedged)
+                continue
             self._check_probe(model, now)
+
+    def _heartbeats(self, stubs: list[int]) -> dict[int, Beat]:
+        if self.heartbeat_dir is None:
+            return {}
+        beats = {pid: read_beat(self.heartbeat_dir, pid) for pid in stubs}
+        return {pid: beat for pid, beat in beats.items() if beat is not None}
+
+    def _wedged(self, model: ModelHealth, now: float) -> str | None:
+        """Why ``model`` is wedged, by evidence that does not queue behind its work: a stub the
+        kernel holds stopped, or a busy stub whose heartbeat stopped advancing. None if neither."""
+        for pid in model.stubs:
+            stat = _stat(pid)
+            if stat is None or stat[0] not in "Tt":
+                model.stopped_since.pop(pid, None)
+                continue
+            since = model.stopped_since.setdefault(pid, now)
+            if now - since >= self.settings.stopped_grace_s:
+                return f"stub process {pid} is stopped (state {stat[0]}) for {now - since:.0f} s"
+        for pid, beat in model.heartbeats.items():
+            if beat.state == "busy" and beat.age(now) > self.settings.heartbeat_timeout_s:
+                return f"stub process {pid} is busy but made no progress for {beat.age(now):.0f} s"
+        return None
+
+    def _working(self, model: ModelHealth, now: float) -> bool:
+        """Whether a stub of ``model`` visibly works: beating while busy, or waiting on a model it calls."""
+        return any(
+            beat.state == "waiting" or (beat.state == "busy" and beat.age(now) <= self.settings.heartbeat_timeout_s)
+            for beat in model.heartbeats.values()
+        )
 
     def _check_probe(self, model: ModelHealth, now: float) -> None:
         sent = self._probes.get(model.name)
@@ -275,20 +365,37 @@ class Supervisor:
             return
         at, future = sent
         if not future.done():
-            if now - at > self.settings.probe_timeout_s:
-                del self._probes[model.name]
-                self._down(model, f"no answer to a probe within {self.settings.probe_timeout_s:.0f} s")
+            if now - at <= self.settings.probe_timeout_s:
+                return
+            if self._working(model, now):  # busy, not dead: the probe waits behind real work
+                with self._lock:
+                    model.state = "busy"
+                return
+            del self._probes[model.name]
+            self._down(
+                model,
+                f"no answer to a probe within {self.settings.probe_timeout_s:.0f} s and no sign of work",
+            )
             return
         del self._probes[model.name]
         status, message = future.result()
-        model.last_probe_at, model.last_probe_ok = now, probe_healthy(status, message)
-        model.failed_probes = 0 if model.last_probe_ok else model.failed_probes + 1
+        verdict = probe_verdict(status, message)
+        with self._lock:
+            model.last_probe_at, model.last_probe_ok = now, verdict in ("ok", "busy")
+            model.failed_probes = model.failed_probes + 1 if verdict == "failed" else 0
+            if verdict == "cannot serve":
+                if model.state != "unsupported":
+                    self._say(f"{model.name} loaded but cannot serve; not ready (a reload would not help): {message}")
+                model.state, model.reason = "unsupported", message[:500]
+            elif verdict != "failed":
+                model.state, model.reason = ("busy" if verdict == "busy" else "ready"), ""
         # Two in a row: right after a reload, requests queued at the old instance still fail once.
         if model.failed_probes >= 2:
             self._down(model, f"probe failed twice: HTTP {status} {message[:200]}")
 
     def _probe(self, name: str) -> tuple[int, str]:
-        return self.admin.infer(name, probe_body(self.configs[name]), self.settings.probe_timeout_s)
+        # The supervisor, not this timeout, decides when a waiting probe means a wedged model.
+        return self.admin.infer(name, probe_body(self.configs[name]), PROBE_HTTP_TIMEOUT_S)
 
     def _down(self, model: ModelHealth, reason: str) -> None:
         self._probes.pop(model.name, None)  # sent to the dead instance: its answer says nothing of the new one
@@ -340,22 +447,28 @@ class Supervisor:
         self.admin.reload(model.name, config, self.settings.load_timeout_s)
         self.configs[model.name] = config
         status, message = self._probe(model.name)
-        if not probe_healthy(status, message):
+        if probe_verdict(status, message) == "failed":
             raise ServerError(f"probe after reload: HTTP {status} {message[:200]}")
         model.stubs = sorted(stub_processes(self.server_pid).get(model.name, set()) - old)
+        model.stopped_since.clear()
         for pid in old:  # a wedged (stopped, stuck) stub outlives its instance: free what it holds
             if stub_alive(pid, self.server_pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            if self.heartbeat_dir is not None:
+                (self.heartbeat_dir / str(pid)).unlink(missing_ok=True)
 
     # -- health -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         now = time.monotonic()
         with self._lock:
             models = {name: m.report(now) for name, m in self.models.items()}
+            serving = all(m.serving() for m in self.models.values())
         triton = self.server.process is not None and self.server.process.poll() is None and self.server.ready()
-        ready = triton and all(m["state"] == "ready" and m["last_probe_ok"] for m in models.values())
-        return {"live": triton and not self.gave_up.is_set(), "ready": ready, "triton_ready": triton, "models": models}
+        report = {"live": triton and not self.gave_up.is_set(), "ready": triton and serving, "triton_ready": triton}
+        if self.triton_hung:
+            report["reason"] = self.triton_hung
+        return {**report, "models": models}
 
 
 def health_handler(supervisor: Supervisor) -> type[BaseHTTPRequestHandler]:
@@ -398,6 +511,14 @@ def restricted_api_args(admin_key: str, api_key: str | None) -> tuple[str, ...]:
     return tuple(args)
 
 
+def triton_exit_code(returncode: int) -> int:
+    """This launcher's exit status when tritonserver exited with ``returncode``: the same, or
+    128 + N when signal N ended it (as a shell says), never 0."""
+    if returncode < 0:
+        return 128 - returncode
+    return returncode or 1
+
+
 def serve_supervised(
     server: EmbeddedTritonServer,
     admin_key: str,
@@ -409,7 +530,10 @@ def serve_supervised(
     api_key: str | None = None,
 ) -> int:
     """Start Triton, supervise it and serve the health endpoints until Ctrl-C or SIGTERM (exit 0),
-    Triton exits (its code, or 1), or the supervisor gives up (``EXIT_GAVE_UP``)."""
+    Triton exits (``triton_exit_code``), hangs (``EXIT_TRITON_HUNG``, after killing it) or the
+    supervisor gives up on a model (``EXIT_GAVE_UP``). Every way but the first is non-zero, so the
+    orchestrator restarts the container (Triton is not restarted in place: a fresh pod also
+    frees whatever the dead server held, GPU memory included)."""
 
     def terminate(*_: object) -> None:
         raise KeyboardInterrupt  # unwinds to the finally below, which stops Triton gracefully
@@ -417,10 +541,12 @@ def serve_supervised(
     signal.signal(signal.SIGTERM, terminate)
     supervisor: Supervisor | None = None
     health: ThreadingHTTPServer | None = None
+    heartbeats = Path(tempfile.mkdtemp(prefix="anonymixer-heartbeats-"))
+    server.env[HEARTBEAT_ENV] = str(heartbeats)
     server.start()
     try:
         server.wait_ready(ready_timeout_s)
-        supervisor = Supervisor(server, admin_key, settings, api_key=api_key).start()
+        supervisor = Supervisor(server, admin_key, settings, api_key=api_key, heartbeat_dir=heartbeats).start()
         health = ThreadingHTTPServer((health_host, health_port), health_handler(supervisor))
         threading.Thread(target=health.serve_forever, name="health", daemon=True).start()
         print(
@@ -432,11 +558,16 @@ def serve_supervised(
         assert server.process is not None
         while server.process.poll() is None and not supervisor.gave_up.wait(1.0):
             pass
+        if supervisor.triton_hung:
+            print(f"error: {supervisor.triton_hung}; killing it", file=sys.stderr)
+            server.stop(timeout_s=0)
+            return EXIT_TRITON_HUNG
         if supervisor.gave_up.is_set():
             print("error: a model could not be brought back; stopping", file=sys.stderr)
             return EXIT_GAVE_UP
-        print(f"error: tritonserver exited with code {server.process.returncode}", file=sys.stderr)
-        return server.process.returncode or 1
+        code = server.process.returncode
+        print(f"error: tritonserver exited with code {code}", file=sys.stderr)
+        return triton_exit_code(code)
     except KeyboardInterrupt:
         return 0
     except ServerError as exc:
@@ -449,3 +580,4 @@ def serve_supervised(
             supervisor.stop()
         with contextlib.suppress(Exception):
             server.stop()
+        shutil.rmtree(heartbeats, ignore_errors=True)

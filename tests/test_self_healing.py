@@ -29,8 +29,11 @@ KEY = b"self-healing-key"
 
 
 @contextmanager
-def served(repository: Path, tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    """``anonymixer serve`` on free loopback ports: (process, gRPC address, health URL)."""
+def served(
+    repository: Path, tmp_path: Path, *flags: str, until_ready: bool = True
+) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``anonymixer serve`` on free loopback ports: (process, gRPC address, health URL), once
+    ``/health/ready`` says 200 (``until_ready``) or answers at all."""
     ports = dict(zip(("grpc", "http", "metrics", "health"), free_ports(4), strict=True))
     command = [sys.executable, "-m", "apps", "serve", "--repository", str(repository)]
     command += [f"--{name}-port={port}" for name, port in ports.items()]
@@ -41,7 +44,7 @@ def served(repository: Path, tmp_path: Path, *flags: str) -> Iterator[tuple[subp
     health_url = f"http://127.0.0.1:{ports['health']}"
     try:
         deadline = time.monotonic() + 180
-        while health(health_url)[0] != 200:
+        while health(health_url)[0] not in ((200,) if until_ready else (200, 503)):
             assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "not ready within 180 s"
             time.sleep(0.3)
