@@ -13,8 +13,9 @@ distinct STEPS value (a group never spans two). Network calls without gradients 
 models through BLS (or in-process torch: the ``*_via`` parameters); the refinement runs in torch on
 this instance's device, and the keys' latents in fp32 torch on the CPU (never the served
 ``stylegan2_mapping``, whatever its precision: a key means one face on every deployment). A
-request cancelled by its client is answered CANCELLED; the loop stops early once every request of
-the batch is cancelled. Keys are never logged.
+request cancelled by its client (its deadline passed while it queued, say) is answered CANCELLED
+without being refined; the loop stops early once every request of the batch is cancelled. Keys
+are never logged.
 
 Failures reach only the requests they touch. A refinement batch out of memory (the device's, or the
 ``memory_budget_mib`` of ``algorithm``) is split in halves, whole groups, and retried, each split
@@ -157,6 +158,9 @@ class TritonPythonModel:
         for r, request in enumerate(requests):
             if responses[r] is not None:
                 continue
+            if request.is_cancelled():  # its caller gave up while it queued: refining it helps no one
+                responses[r] = self._cancelled()
+                continue
             try:
                 parsed[r] = parse_request(
                     read_inputs(request, INPUTS), max_steps=self.protector.config.max_steps, max_pixels=self.max_pixels
@@ -216,9 +220,7 @@ class TritonPythonModel:
             if responses[r] is not None:
                 continue
             if r in cancelled:
-                error = pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
-                responses[r] = pb_utils.InferenceResponse(error=error)
-                self.metrics.error("cancelled")
+                responses[r] = self._cancelled()
                 continue
             faces = [results[(r, j)] for j in range(len(items))]
             responses[r] = pb_utils.InferenceResponse(output_tensors=self._outputs(faces))
@@ -247,6 +249,12 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(message)
             return message, "network_unavailable", pb_utils.TritonError.UNAVAILABLE
         return internal_error(self.name, "protecting faces", exc), "internal", pb_utils.TritonError.INTERNAL
+
+    def _cancelled(self) -> Any:
+        self.metrics.error("cancelled")
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)
+        )
 
     def _error(self, message: str, reason: str, status: int) -> Any:
         return error_response(self.name, self.metrics, message, reason, status)
