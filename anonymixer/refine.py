@@ -121,6 +121,14 @@ def identity_target(mix: Mix, e_x: torch.Tensor, groups: torch.Tensor) -> torch.
     return torch.nn.functional.normalize(torch.einsum("bij,bj->bi", mix.template_rotation.to(e_x.dtype), mean), dim=1)
 
 
+def straight_through_clamp(y: torch.Tensor) -> torch.Tensor:
+    """``y`` clamped to [-1, 1] forward, the identity backward. The losses then see the picture
+    that is returned (:func:`~anonymixer.images.quantize` clamps it), so out-of-range pixels buy no
+    anonymity the returned face lacks; and a pixel past the range still gets the gradient that
+    would pull it back in, where a plain clamp would give it none and leave it stuck outside."""
+    return y + (y.clamp(-1, 1) - y).detach()
+
+
 def step_losses(
     param: torch.Tensor,
     mix: Mix,
@@ -135,7 +143,7 @@ def step_losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step's forward pass: (per-item anonymity + attribute loss, cos(e(y), e(x)), group term)."""
     with span("synthesis"):
-        y = synthesize(generator, mix.assemble(param), config.loss_resolution, config.compile)
+        y = straight_through_clamp(synthesize(generator, mix.assemble(param), config.loss_resolution, config.compile))
     with span("face_embedder"):
         e_y = face_embedder(fr_crop(y)).float()
     cos = (e_y * e_x).sum(dim=1)

@@ -82,7 +82,10 @@ def test_different_keys_give_different_faces(protector: Protector) -> None:
     pixel_change = np.abs(a.image.astype(int) - b.image.astype(int)).mean()
     cosine = float(a.template @ b.template)
     print(f"tiny IR-SE: key A vs key B mean |Δpixel| {pixel_change:.1f}, template cosine {cosine:.3f}")
-    assert pixel_change > 5 and cosine < 0.95
+    # The random IR-SE scores the two unrefined mixes 0.90 already, and the refinement, whose losses
+    # see the returned (clamped) pixels, pulls both toward the one original's attributes: 0.954 here.
+    # Whether two keys give two identities is the real face embedder's test, below.
+    assert pixel_change > 5 and cosine < 0.97
 
 
 def test_different_keys_with_the_real_face_embedder(tmp_path: Path) -> None:
@@ -96,10 +99,11 @@ def test_different_keys_with_the_real_face_embedder(tmp_path: Path) -> None:
         f"{a.original_similarity:.3f}, {b.original_similarity:.3f}"
     )
     assert cosine < 0.85
-    # The similarity is that of the returned picture; the refinement drives the unclamped render's
-    # to ~0, and the random tiny generator renders a quarter of its pixels outside [-1, 1]. Where the
-    # clipped pixels land depends on the CPU's kernels: key A's face scores 0.251 on an AVX-512 CPU.
-    assert abs(a.original_similarity) < 0.3 and abs(b.original_similarity) < 0.3
+    # The similarity is that of the returned picture, and the refinement's losses see it clamped as
+    # it is returned (issue 28): 0.025 and 0.005 on a 2-core EPYC. While they saw the unclamped
+    # render, a quarter of whose pixels the random tiny generator puts outside [-1, 1], the faces
+    # scored 0.093 and 0.127 there, and key A's 0.251 on an AVX-512 CPU.
+    assert abs(a.original_similarity) < 0.1 and abs(b.original_similarity) < 0.1
 
 
 def test_refinement_reduces_similarity_and_group_spread(protector: Protector) -> None:
@@ -114,8 +118,7 @@ def test_refinement_reduces_similarity_and_group_spread(protector: Protector) ->
         return float(np.mean([np.linalg.norm(t[i] - t[j]) for i in range(3) for j in range(i + 1, 3)]))
 
     print(f"mean |cos| to original: {sim0:.3f} → {sim50:.3f}; group spread {spread(before):.3f} → {spread(after):.3f}")
-    # measured on the returned (clamped) pictures: the random tiny generator clips a quarter of its
-    # pixels, which the refinement's losses do not see, so the gauge falls less than the loss does
+    # measured on the returned (clamped) pictures, which the refinement's losses see as returned
     assert sim50 < 0.75 * sim0
     assert spread(after) < spread(before)
     assert len(after[0].loss_trace) == 50 and after[0].loss_trace[-1] < after[0].loss_trace[0]

@@ -9,6 +9,7 @@ import torch
 
 from anonymixer import bundle, protect
 from anonymixer.config import ProtectConfig
+from anonymixer.losses import E4EFeatureLoss
 from anonymixer.protect import OutOfMemory, ProtectedFace, Protector, RefinementStopped, Stopped, image_tensor
 from tests.test_protect import assert_same_faces, faces
 
@@ -92,3 +93,36 @@ def test_a_face_whose_inversion_does_not_fit_alone_fails_only_its_items(
         assert_same_faces(got, expected)
     with pytest.raises(MemoryError, match="CUDA out of memory with 1 faces"):
         protector.protect(images, keys, steps=2)
+
+
+class Recording(E4EFeatureLoss):
+    """The default attribute loss, keeping the range of every picture the refinement's losses are given."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[float] = []
+
+    def forward(self, y: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        self.seen.append(float(y.detach().abs().amax()))
+        return super().forward(y, targets)
+
+
+def test_the_losses_see_the_returned_picture_clamped_as_it_is(tiny_bundle_dir: Path) -> None:
+    """The returned picture is clamped to [-1, 1] (quantize); the tiny generator renders a quarter of
+    its pixels past it. Its losses saw the unclamped render: out-of-range pixels bought a cos the
+    returned face did not have."""
+    model = bundle.load(tiny_bundle_dir)
+    recording = Recording(model.require_encoder("the test").encoder)
+    protector = Protector(model, ProtectConfig(views=0), attribute_loss=recording)
+    embedded: list[float] = []
+
+    def keep(module: torch.nn.Module, args: tuple[torch.Tensor]) -> None:
+        embedded.append(float(args[0].detach().abs().amax()))
+
+    hook = model.face_embedder.register_forward_pre_hook(keep)
+    try:
+        face = protector.protect(faces(1, seed=45), b"k", steps=3)[0]
+    finally:
+        hook.remove()
+    assert face.steps == 3 and len(recording.seen) == 3
+    assert max(recording.seen) <= 1 + 1e-6 and max(embedded) <= 1 + 1e-6
