@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import random
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +21,24 @@ from PIL import Image
 
 from anonymixer_client import (
     AnonymixerClient,
+    AnonymixerError,
     AsyncAnonymixerClient,
     CallRecord,
     DeadlineExceededError,
     DerivationMismatchError,
     InvalidInputError,
     Key,
+    ModelUnavailableError,
     ProtectedFace,
+    ServerUnavailableError,
+    ServiceBusyError,
     Template,
 )
 from anonymixer_client.cli import main as client_main
 from anonymixer_client.client import enrolled
+from anonymixer_client.errors import RetryBudget, backoff
 from optimizer_backend.server import EmbeddedTritonServer, free_ports
+from tests.conftest import build_test_repository
 from tests.test_anonymixer_server import png
 from tests.test_protect import faces
 
@@ -120,6 +129,140 @@ def test_one_enrolment_never_mixes_derivations() -> None:
 def test_a_short_deadline_maps_to_deadline_exceeded(triton_server: EmbeddedTritonServer) -> None:
     with AnonymixerClient(triton_server.grpc_url, timeout_s=0.5) as short, pytest.raises(DeadlineExceededError):
         short.protect([faces(1, seed=24)[0]], KEY, steps=300)
+
+
+def test_backoff_is_jittered_within_its_exponential_step() -> None:
+    rng = random.Random(5)
+    for attempt in range(10):
+        step = min(0.2 * 2**attempt, 5.0)  # 0.2 s doubling, capped at 5 s
+        delays = [backoff(attempt, rng) for _ in range(200)]
+        assert step / 2 <= min(delays) and max(delays) <= step  # equal jitter: never sooner than half the step
+        assert max(delays) - min(delays) > step / 4  # spread: callers refused together come back apart
+    assert backoff(100_000, rng) <= 5.0  # no overflow, however long a call has been refused
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_busy_refusals_are_retried_until_the_deadline_without_spending_retries() -> None:
+    clock, busy = FakeClock(), ServiceBusyError("queue full")
+    budget = RetryBudget(30.0, 2, clock=clock, rng=random.Random(3))
+    delays = []
+    while (delay := budget.next_delay(busy)) is not None:
+        delays.append(delay)
+        clock.now += delay
+    # far more than ``retries`` (2): only the deadline ended them, when the next (≤ 5 s) would start past it
+    assert len(delays) > 2 and 25 <= sum(delays) < 30
+    assert (budget.made, budget.others, budget.refused) == (len(delays), 0, len(delays) + 1)
+    final = budget.final(busy)
+    assert isinstance(final, DeadlineExceededError)
+    assert str(final) == (
+        f"no answer within the call's 30 s deadline: the service refused it {len(delays) + 1} times as busy "
+        f"(queue full) over {sum(delays):.1f} s"
+    )
+    # a try that got in after refusals and then ran out of time says so
+    late = budget.final(DeadlineExceededError("Deadline Exceeded"))
+    assert str(late).endswith("; the last try got in but was not answered in time")
+
+
+def test_other_retryable_errors_spend_retries_and_busy_ones_do_not() -> None:
+    clock, busy, down = FakeClock(), ServiceBusyError("queue full"), ModelUnavailableError("restarting")
+    budget = RetryBudget(60.0, 2, clock=clock, rng=random.Random(4))
+    for error in (busy, down, busy, busy, down, busy):  # two restarts: the budget of 2
+        assert budget.next_delay(error) is not None
+    assert budget.next_delay(down) is None and budget.final(down) is down  # the third restart is raised
+    assert (budget.made, budget.others, budget.refused) == (6, 2, 4)
+    assert isinstance(busy, ServerUnavailableError)  # existing ``except`` clauses still catch it
+    never = RetryBudget(60.0, 0, clock=clock)  # retries=0 turns retrying off, busy refusals' too
+    assert never.next_delay(busy) is None and never.final(busy) is busy
+    # a deadline that ran out on the only try names it; one that ran out retrying a restart names that
+    ran_out = DeadlineExceededError("Deadline Exceeded")
+    assert str(RetryBudget(60.0, 2).final(ran_out)) == "no answer within the call's 60 s deadline (Deadline Exceeded)"
+    restarting = RetryBudget(60.0, 2, clock=clock)
+    assert restarting.next_delay(down) is not None
+    assert str(restarting.final(ran_out)) == "restarting (tried 2 times until the call's deadline)"
+
+
+@pytest.fixture(scope="module")
+def busy_server(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server that runs one request at a time and queues one more: a third at once is refused as busy."""
+    folder = tmp_path_factory.mktemp("busy")
+    options = ("--protect-max-batch", "1", "--max-queue-size", "1")
+    with EmbeddedTritonServer(build_test_repository(tiny_bundle_dir, folder / "repository", *options)) as server:
+        yield server
+
+
+SLOW_STEPS = 20  # about 1.3 s per call on 2 idle CPU cores, several times that on a loaded machine
+LONG_S, SHORT_S = 30.0, 2.0
+BUSY_DEADLINE = re.compile(
+    r"^no answer within the call's (?P<deadline>30|2) s deadline: the service refused it (?P<times>once|\d+ times) "
+    r"as busy \(queue full\) over (?P<over>\d+\.\d) s(; the last try got in but was not answered in time)?$"
+)
+
+
+def test_overload_every_call_is_served_or_told_within_its_deadline(busy_server: EmbeddedTritonServer) -> None:
+    """Three long-deadline calls fill the running place and the queue (the third is refused and
+    retries); a caller with retries=0 is then refused itself, and short-deadline callers, sync and
+    asyncio, come while both are held. Every call returns its face or raises DeadlineExceededError
+    within its deadline, one that was refused saying how often; nothing hangs or is lost."""
+    from prometheus_client import CollectorRegistry
+
+    from anonymixer_client.metrics import ClientMetrics
+
+    face, url = png(faces(1, seed=41)[0]), busy_server.grpc_url
+    registry = CollectorRegistry()
+    metrics = ClientMetrics(registry)
+
+    def call(timeout_s: float) -> tuple[float, list[ProtectedFace] | AnonymixerError, CallRecord]:
+        """One caller: its deadline, its outcome and its request's record."""
+        heard: list[CallRecord] = []
+        with AnonymixerClient(url, timeout_s=timeout_s, metrics=metrics, on_call=heard.append) as client:
+            try:
+                outcome: list[ProtectedFace] | AnonymixerError = client.protect([face], KEY, steps=SLOW_STEPS)
+            except AnonymixerError as exc:
+                outcome = exc
+        return timeout_s, outcome, heard[0]
+
+    async def call_async() -> list[ProtectedFace] | AnonymixerError:
+        async with AsyncAnonymixerClient(url, timeout_s=SHORT_S) as client:
+            try:
+                return await client.protect([face], KEY, steps=SLOW_STEPS)
+            except AnonymixerError as exc:
+                return exc
+
+    with ThreadPoolExecutor(6) as pool:
+        longs = [pool.submit(call, LONG_S) for _ in range(3)]
+        time.sleep(0.3)  # the longs are in or refused (either takes milliseconds)
+        with AnonymixerClient(url, retries=0) as impatient, pytest.raises(ServiceBusyError) as busy:
+            impatient.protect([face], KEY, steps=SLOW_STEPS)  # both places are held: refused at once
+        shorts = [pool.submit(call, SHORT_S) for _ in range(2)]
+        in_asyncio = pool.submit(asyncio.run, call_async())
+        calls, async_outcome = [f.result() for f in longs + shorts], in_asyncio.result()
+    print([(str(o)[:100] if isinstance(o, Exception) else "served", r.busy_refusals) for _, o, r in calls])
+
+    assert str(busy.value).startswith("the service is busy: its queue is full, so it refused the request at once")
+    assert str(busy.value).endswith("(server: [request id: <id_unknown>] Exceeds maximum queue size)")
+    for deadline, outcome, record in calls:  # its face or DeadlineExceededError in time, refusals told
+        assert isinstance(outcome, (list, DeadlineExceededError)), outcome
+        assert record.seconds <= deadline + 2.0  # a thread's wake-up on a loaded machine
+        if isinstance(outcome, DeadlineExceededError):
+            assert str(outcome).startswith(f"no answer within the call's {deadline:g} s deadline"), str(outcome)
+        if isinstance(outcome, DeadlineExceededError) and record.busy_refusals:
+            told = BUSY_DEADLINE.match(str(outcome))
+            assert told, str(outcome)
+            assert told["times"] in ("once", f"{record.busy_refusals} times")
+            assert float(told["over"]) <= float(told["deadline"])
+    served = [o for _, o, _ in calls if isinstance(o, list)]
+    assert served and all(o[0].png.startswith(b"\x89PNG") for o in served)
+    refusals = sum(r.busy_refusals for _, _, r in calls)
+    assert refusals > 0  # the third long call at least
+    assert registry.get_sample_value("anonymixer_client_busy_refusals_total", {"method": "protect"}) == refusals
+    assert isinstance(async_outcome, list) or BUSY_DEADLINE.match(str(async_outcome)), async_outcome
 
 
 def test_keys_never_show_and_cannot_be_pickled() -> None:

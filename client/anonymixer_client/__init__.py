@@ -19,6 +19,7 @@ from anonymixer_client.errors import (
     ModelUnavailableError,
     NotServedError,
     ServerUnavailableError,
+    ServiceBusyError,
 )
 from anonymixer_client.types import (
     CallRecord,
@@ -49,6 +50,7 @@ __all__ = [
     "ProtectedFace",
     "ProtectedScene",
     "ServerUnavailableError",
+    "ServiceBusyError",
     "Template",
     "Verification",
 ]

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import tritonclient.grpc.aio as grpcaio
 
 from anonymixer_client.client import DEFAULT_THRESHOLD, enrolled, verification
-from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, map_error
+from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, backoff, map_error
 from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
 from anonymixer_client.wire import (
     API_KEY_HEADER,
@@ -79,8 +79,7 @@ class AsyncAnonymixerClient:
             raise map_error(exc) from None
 
     async def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
-        deadline = time.monotonic() + timeout_s
-        delay, last = 0.2, "no answer"
+        deadline, polls, last = time.monotonic() + timeout_s, 0, "no answer"
         while True:
             try:
                 if await self._call(self._grpc().is_server_ready, client_timeout=5) and await self._call(
@@ -90,14 +89,16 @@ class AsyncAnonymixerClient:
                 last = f"model {model} is not ready"
             except AnonymixerError as exc:
                 last = str(exc)
+            delay = backoff(polls)
             if time.monotonic() + delay > deadline:
                 raise ModelNotReadyError(f"{self.url}: not ready after {timeout_s:.0f} s ({last})")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            polls += 1
 
     async def _retrying(self, attempt: Callable[[float], Awaitable[T]]) -> T:
-        """``await attempt(seconds left)`` until it succeeds or fails for good (``RetryBudget``)."""
-        budget = RetryBudget.start(self.timeout_s, self.retries)
+        """``await attempt(seconds left)`` until it succeeds or fails for good (``RetryBudget``: busy
+        refusals until the deadline, other retryable errors at most ``retries`` times)."""
+        budget = RetryBudget(self.timeout_s, self.retries)
         while True:
             try:
                 return await attempt(budget.remaining())

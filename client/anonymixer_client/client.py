@@ -17,6 +17,7 @@ from anonymixer_client.errors import (
     DerivationMismatchError,
     ModelNotReadyError,
     RetryBudget,
+    backoff,
     map_error,
 )
 from anonymixer_client.metrics import ClientMetrics
@@ -99,7 +100,9 @@ class AnonymixerClient:
     ``api_key`` is sent as the ``api-key`` header (a server started with ``--api-key-file``).
     ``timeout_s`` is the deadline of every call, retries included; a call that meets a retryable
     error (``ServerUnavailableError``, ``ModelUnavailableError``: a model restarting) is tried
-    again with backoff, at most ``retries`` times, while its deadline allows. Every request the
+    again with jittered backoff, at most ``retries`` times, while its deadline allows; a busy
+    refusal (``ServiceBusyError``: the service's queue is full) is tried again until the deadline,
+    which then raises ``DeadlineExceededError`` saying how often it was refused. Every request the
     client sends is reported, once done or failed for good, as a :class:`CallRecord` to
     ``metrics`` and to ``on_call`` (its timings: what a load benchmark needs).
     """
@@ -163,20 +166,20 @@ class AnonymixerClient:
             raise map_error(exc) from None
 
     def _retrying(
-        self, attempt: Callable[[float], T], failed: Callable[[AnonymixerError, int], None] | None = None
-    ) -> tuple[T, int]:
-        """``attempt(seconds left)`` until it succeeds or fails for good: (its result, retries made).
-        ``failed(error, retries)`` hears of a final failure before it is raised."""
-        budget = RetryBudget.start(self.timeout_s, self.retries)
+        self, attempt: Callable[[float], T], failed: Callable[[AnonymixerError, RetryBudget], None] | None = None
+    ) -> tuple[T, RetryBudget]:
+        """``attempt(seconds left)`` until it succeeds or fails for good: (its result, the budget that
+        counted its retries). ``failed(error, budget)`` hears of a final failure before it is raised."""
+        budget = RetryBudget(self.timeout_s, self.retries)
         while True:
             try:
-                return attempt(budget.remaining()), budget.made
+                return attempt(budget.remaining()), budget
             except AnonymixerError as error:
                 delay = budget.next_delay(error)
                 if delay is None:
                     final = budget.final(error)
                     if failed is not None:
-                        failed(final, budget.made)
+                        failed(final, budget)
                     raise final from None
             if self.metrics:
                 self.metrics.retries.inc()
@@ -204,19 +207,15 @@ class AnonymixerClient:
             except Exception as exc:
                 raise map_error(exc, index=index) from None
 
-        def failed(error: AnonymixerError, retries: int) -> None:
-            outcome = type(error).__name__
-            self._record(
-                CallRecord(method, outcome, items, time.perf_counter() - start, built - start, 0.0, sent, 0, retries)
-            )
+        def record(outcome: str, parse_seconds: float, received: int, budget: RetryBudget) -> None:
+            seconds, build_seconds = time.perf_counter() - start, built - start
+            timings = (seconds, build_seconds, parse_seconds)
+            self._record(CallRecord(method, outcome, items, *timings, sent, received, budget.made, budget.refused))
 
-        result, retries = self._retrying(attempt, failed)
+        result, budget = self._retrying(attempt, lambda error, spent: record(type(error).__name__, 0.0, 0, spent))
         answered = time.perf_counter()
         value, received = parse(result)
-        done = time.perf_counter()
-        self._record(
-            CallRecord(method, "ok", items, done - start, built - start, done - answered, sent, received, retries)
-        )
+        record("ok", time.perf_counter() - answered, received, budget)
         return value
 
     def _record(self, call: CallRecord) -> None:
@@ -227,8 +226,7 @@ class AnonymixerClient:
 
     def wait_until_ready(self, timeout_s: float = 60.0, model: str = MODEL) -> None:
         """Poll (with backoff) until the server and ``model`` are ready; a server may start later."""
-        deadline = time.monotonic() + timeout_s
-        delay, last = 0.2, "no answer"
+        deadline, polls, last = time.monotonic() + timeout_s, 0, "no answer"
         while True:
             try:
                 if self._call(self._grpc().is_server_ready, client_timeout=5) and self._call(
@@ -238,12 +236,13 @@ class AnonymixerClient:
                 last = f"model {model} is not ready"
             except AnonymixerError as exc:
                 last = str(exc)
+            delay = backoff(polls)
             if time.monotonic() + delay > deadline:
                 raise ModelNotReadyError(f"{self.url}: not ready after {timeout_s:.0f} s ({last})")
             if self.metrics:
                 self.metrics.retries.inc()
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            polls += 1
 
     def health(self) -> dict[str, Any]:
         """Server and service-model readiness, versions and batch settings. (The repository index is

@@ -8,7 +8,7 @@ from anonymixer_client.types import CallRecord
 
 
 class ClientMetrics:
-    """Requests and items by outcome, latency per method, retries, bytes sent and received."""
+    """Requests and items by outcome, latency per method, retries, busy refusals, bytes sent and received."""
 
     def __init__(self, registry: Any = None, namespace: str = "anonymixer_client") -> None:
         from prometheus_client import REGISTRY, Counter, Histogram
@@ -36,6 +36,12 @@ class ClientMetrics:
             ["method", "outcome"],
             registry=registry,
         )
+        self.busy_refusals = Counter(
+            f"{namespace}_busy_refusals",
+            "Times the service refused a request as busy (its queue full), by method; retried until the deadline",
+            ["method"],
+            registry=registry,
+        )
         self.bytes_sent = Counter(f"{namespace}_bytes_sent", "Payload bytes sent", registry=registry)
         self.bytes_received = Counter(f"{namespace}_bytes_received", "Payload bytes received", registry=registry)
 
@@ -43,6 +49,8 @@ class ClientMetrics:
         self.requests.labels(call.method, call.outcome).inc()
         if call.retries:
             self.retried_calls.labels(call.method, call.outcome).inc()
+        if call.busy_refusals:
+            self.busy_refusals.labels(call.method).inc(call.busy_refusals)
         self.items.labels(call.method, call.outcome).inc(call.items)
         self.latency.labels(call.method).observe(call.seconds)
         self.bytes_sent.inc(call.bytes_sent)

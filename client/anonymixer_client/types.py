@@ -121,7 +121,8 @@ class CallRecord:
     parse_seconds: float  # reading the answer into results (perf_analyzer's "Client Recv"; 0 on failure)
     bytes_sent: int  # the encoded images
     bytes_received: int  # the returned pictures and templates
-    retries: int
+    retries: int  # tries after the first, busy refusals' included
+    busy_refusals: int = 0  # times the service refused it as busy (its queue full: ServiceBusyError)
 
 
 @dataclass(frozen=True)
