@@ -6,31 +6,36 @@ Each is inverted once with the bundle's settings and cached (``--cache``, never 
 are the originals' latents); a mix without refinement then costs one render.
 
     python -m benchmarks.identity_mix --bundle BUNDLE --cache build/cache/identity_mix [--keys 8]
+
+``--clamp-ab`` runs each candidate twice, refined (``--steps``): with the losses on the unclamped
+render, as before issue 28, and as they are now, on the render clamped as the returned picture is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 from skimage.color import rgb2lab
 from tqdm import tqdm
 
-from anonymixer import bundle
+from anonymixer import bundle, refine
 from anonymixer.config import resolve_settings
 from anonymixer.images import save_grid
 from anonymixer.keys import SecretKey
 from anonymixer.protect import Protector, image_tensor
 from benchmarks.face_measures import to_256
 from benchmarks.machine import results_dir, save_record
-from evaluation.matchers import DLIB_SAME_PERSON, DlibMatcher, Matcher, NetworkMatcher, as_unit
+from evaluation.matchers import DLIB_SAME_PERSON, NO_FACE, DlibMatcher, Matcher, NetworkMatcher, as_unit
 from evaluation.metrics import threshold_at_fmr
 from evaluation.run import Face, load_faces
 
@@ -110,6 +115,7 @@ class Screen:
             self.threshold[m.name] = threshold_at_fmr(m.compare(templates, templates)[impostor], 1e-3)
         self.threshold["dlib@0.6"] = -DLIB_SAME_PERSON
         self.tone = lab_centre(originals)
+        self.out_of_range: list[float] = []  # per refined render: the share of its values outside [-1, 1]
 
     def protector(self, candidate: Candidate) -> Protector:
         return Protector(self.model, dataclasses.replace(self.config, **candidate.overrides))
@@ -138,11 +144,15 @@ class Screen:
         mix = protector.mix(self.w, [key] * n, templates=self.templates(protector))
         x = self.aligned(protector)
         w = mix.assemble(protector.scheduler.refine(mix, x, torch.arange(n), steps).trainable)
-        return self.render(w), protector.unmix(w, [key] * len(w))
+        with torch.no_grad():  # the losses' render (loss_resolution 512), before any clamp
+            raw = torch.cat([self.model.generator.synthesis(c, resolution=512) for c in w.split(4)])
+        self.out_of_range.append(float((raw.abs() > 1).float().mean()))
+        return to_256(raw), protector.unmix(w, [key] * len(w))
 
     def run(self, candidate: Candidate, steps: int) -> tuple[dict, dict[str, list[np.ndarray]], list[np.ndarray]]:
         protector = self.protector(candidate)
         protected, recovered = [], []
+        self.out_of_range.clear()
         for k, key in enumerate(tqdm(self.keys, desc=candidate.name, unit="key", leave=False)):
             if steps:
                 image, back = self.refined(protector, key, steps)
@@ -155,6 +165,8 @@ class Screen:
         templates = {m.name: ([m.embed(p) for p in protected], [m.embed(r) for r in recovered]) for m in self.matchers}
         row = {"name": candidate.name, "steps": steps, **self.measure(templates)}
         row["skin_tone_delta_e"] = round(float(np.mean([tone_difference(self.tone, p) for p in protected])), 2)
+        if self.out_of_range:
+            row["unclamped_render_out_of_range"] = round(float(np.mean(self.out_of_range)), 5)
         return row, templates, protected + recovered[:1]
 
     def measure(self, templates: dict) -> dict:
@@ -175,6 +187,11 @@ class Screen:
             crossed = list(itertools.combinations(keys, 2))
             found = np.mean([np.isfinite(p[:, 0]).mean() for p in protected])
             out[name] = {
+                # cosine (MobileFaceNet) or minus the distance (dlib), over the pairs where both have a face
+                "mean score to original": np.mean([mean_score(matcher, p, original) for p in protected]),
+                "mean score, two keys, same photo": np.mean(
+                    [mean_score(matcher, protected[a], protected[b]) for a, b in crossed]
+                ),
                 "de-identified": 1 - np.mean([rate(p, original, diag) for p in protected]),
                 "one key, other people match": np.mean([rate(p, p, upper & ~same) for p in protected]),
                 "one key, same person other photo match": np.mean([rate(p, p, upper & other_photo) for p in protected]),
@@ -187,6 +204,12 @@ class Screen:
             }
             out[name] = {k: round(float(v), 4) for k, v in out[name].items()}
         return out
+
+
+def mean_score(matcher: Matcher, a: np.ndarray, b: np.ndarray) -> float:
+    """The mean score of each face of templates ``a`` against the same face's in ``b``."""
+    scores = np.diag(matcher.compare(a, b))
+    return float(scores[scores > NO_FACE].mean())
 
 
 def first_photos(faces: list[Face], per_person: int) -> list[Face]:
@@ -222,20 +245,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def unclamped_losses() -> contextlib.AbstractContextManager[object]:
+    """The refinement's losses on the unclamped render, as before issue 28."""
+    return mock.patch.object(refine, "straight_through_clamp", lambda y: y)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--cache", default="build/cache/identity_mix")
     parser.add_argument("--keys", type=int, default=8)
     parser.add_argument("--photos-per-person", type=int, default=2, help="as the evaluation protects (0: all)")
+    parser.add_argument("--photos", type=int, default=0, help="the first N of those (0: all)")
     parser.add_argument("--candidates", nargs="*", help="names (default: all)")
     parser.add_argument("--steps", type=int, default=0, help="refinement steps (0: the mixes unrefined)")
     parser.add_argument("--out", default=str(results_dir()))
     parser.add_argument("--tag", default="", help="appended to the record's and grid's names")
+    parser.add_argument("--clamp-ab", action="store_true", help="each candidate also with its losses unclamped")
     args = parser.parse_args()
     model = bundle.load(args.bundle)
     every = load_faces(FACES, FACES / "identities.csv", model.framing, None)[0]
-    faces = first_photos(every, args.photos_per_person)
+    faces = first_photos(every, args.photos_per_person)[: args.photos or None]
     w = cached_inversions(model, faces, Path(args.cache))
     screen = Screen(model, faces, w, args.keys, every)
     chosen = [c for c in CANDIDATES if c.name in args.candidates] if args.candidates else list(CANDIDATES)
@@ -245,8 +275,13 @@ def main() -> None:
     firsts = [faces.index(next(f for f in faces if f.person == p)) for p in dict.fromkeys(screen.people)][:6]
     grid: list[torch.Tensor] = [as_unit(np.stack([faces[i].aligned for i in firsts]))]
     out = Path(args.out)
-    for candidate in chosen:  # the record and the grid are rewritten after each candidate
-        row, _, pictures = screen.run(candidate, args.steps)
+    runs = [(c, False) for c in chosen]
+    if args.clamp_ab:
+        before = [(dataclasses.replace(c, name=f"{c.name}, losses unclamped (before issue 28)"), True) for c in chosen]
+        runs = [run for pair in zip(before, runs, strict=True) for run in pair]
+    for candidate, unclamped in runs:  # the record and the grid are rewritten after each candidate
+        with unclamped_losses() if unclamped else contextlib.nullcontext():
+            row, _, pictures = screen.run(candidate, args.steps)
         rows.append(row)
         print(table([row]), flush=True)
         grid += [as_unit(p[firsts]) for p in (pictures[0], pictures[1], pictures[-1])]
