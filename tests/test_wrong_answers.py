@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,17 @@ def test_the_losses_see_the_returned_picture_clamped_as_it_is(tiny_bundle_dir: P
         hook.remove()
     assert face.steps == 3 and len(recording.seen) == 3
     assert max(recording.seen) <= 1 + 1e-6 and max(embedded) <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("inversion", ["encoder", "optimize"])
+def test_protect_under_no_grad_refines_as_it_does_outside_it(tiny_bundle_dir: Path, inversion: str) -> None:
+    """A caller's torch.no_grad() once made protect() raise; the refinement and the inversion by
+    optimisation enable grad themselves (2b1117f). Under it, the face is refined, and the same."""
+    protector = Protector(bundle.load(tiny_bundle_dir), ProtectConfig(**{**INVERT, "inversion": inversion}))
+    image = faces(1, seed=46)
+    unrefined = protector.protect(image, b"k", steps=0)[0]
+    expected = protector.protect(image, b"k", steps=3)[0]
+    with torch.no_grad():
+        face = protector.protect(image, b"k", steps=3)[0]
+    assert face.steps == 3 and len(face.loss_trace) == 3
+    assert np.array_equal(face.image, expected.image) and not np.array_equal(face.image, unrefined.image)
