@@ -116,7 +116,7 @@ class ProtectConfig:
     # estimate's error and other allocations; with several instances on one GPU, divide it
     # among them. A batch that still runs out of memory is split and retried.
     memory_fraction: float = 0.8
-    # A refinement batch whose step saves more than this many MiB for backward (autograd's saved
+    # A refinement or inversion batch whose step saves more than this many MiB for backward (autograd's saved
     # tensors, each storage once) raises MemoryError, as a device out of memory would: the batch
     # is then split, whole groups, and retried. Deterministic and batch-size proportional, so it
     # caps a CPU instance's memory and lets tests run out of memory on purpose. 0: no budget.

@@ -207,14 +207,16 @@ class TritonPythonModel:
                 self.metrics.stage(stage, seconds)
             self.metrics.batch.observe(self.protector.refined_items)
             faces = [o for o in outcomes if isinstance(o, ProtectedFace)]
-            self.metrics.steps.increment(faces[0].steps if faces else 0)
+            self.metrics.steps.increment(max((f.steps for f in faces), default=0))
             for (r, j), outcome in zip(members, outcomes, strict=True):
-                if isinstance(outcome, OutOfMemory):
+                if isinstance(outcome, ProtectedFace):
+                    results[(r, j)] = outcome
+                elif isinstance(outcome, OutOfMemory):
                     responses[r] = responses[r] or self._error(
                         f"out of memory: {outcome.message}", "out_of_memory", pb_utils.TritonError.INTERNAL
                     )
-                else:
-                    results[(r, j)] = outcome
+                else:  # Stopped: never refined, so never answered as protected
+                    cancelled.add(r)
 
         for r, items in parsed.items():
             if responses[r] is not None:
