@@ -12,9 +12,11 @@ supervisor, a thread of the launcher's process:
   each refinement or inversion step, which the supervisor reads from a file. This evidence does not
   queue behind work, so a stub wedged in the middle of a 300 s request is told from a busy one in
   seconds (stopped) or ``heartbeat_timeout_s`` (no progress);
-- sends every model a cheap real inference every ``probe_interval_s``: zeros for a network
-  model; for the service models a request with the probe's id, which their ``execute`` answers
-  at once (``responses.probe_answer``: not logged, not counted as an error). Two probes in a row
+- sends every model that is not visibly working a cheap real inference every
+  ``probe_interval_s`` (a working model's beats already prove it serves, and a probe would take
+  a place in its queue): zeros for a network model; for the service models a request with the
+  probe's id, which their ``execute`` answers at once (``responses.probe_answer``: not logged, not
+  counted as an error). Two probes in a row
   answered with an unhealthy-stub error mark the model down. A probe refused for a full queue
   says the model is busy, not dead (ready stays 200). A probe still waiting after
   ``probe_timeout_s`` marks the model down only if its heartbeat shows no work; a model that
@@ -360,8 +362,14 @@ class Supervisor:
     def _check_probe(self, model: ModelHealth, now: float) -> None:
         sent = self._probes.get(model.name)
         if sent is None:
-            if now - model.last_probe_at >= self.settings.probe_interval_s:
-                self._probes[model.name] = (now, self._pool.submit(self._probe, model.name))
+            if now - model.last_probe_at < self.settings.probe_interval_s:
+                return
+            if self._working(model, now):  # its beats prove it serves; a probe would only take a queue place
+                with self._lock:
+                    model.last_probe_at, model.last_probe_ok, model.failed_probes = now, True, 0
+                    model.state, model.reason = "busy", ""
+                return
+            self._probes[model.name] = (now, self._pool.submit(self._probe, model.name))
             return
         at, future = sent
         if not future.done():

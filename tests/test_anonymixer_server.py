@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from anonymixer import bundle
 from anonymixer.config import ProtectConfig, resolve_settings
-from anonymixer.keys import identity_derivation
+from anonymixer.keys import identity_derivation, salt_fingerprint
 from anonymixer.protect import Protector
 from exporter.repository import algorithm_overrides
 from optimizer_backend.server import EmbeddedTritonServer
@@ -114,7 +115,7 @@ def test_equals_the_in_process_protector(client, tiny_bundle_dir: Path) -> None:
         assert abs(float(result.as_numpy("ORIGINAL_SIMILARITY")[i, 0]) - face.original_similarity) < 5e-3
 
 
-SALT = b"deployment salt 4417"
+SALT = b"deployment salt 4417\n"  # the newline is salt too: a salt file is bytes, not text
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +156,15 @@ def test_served_faces_are_the_librarys_for_the_same_key_and_salt(
             assert result.as_numpy("DERIVATION").tolist() == [[derivation]] * 3
     without_salt = unsalted.protect(images[:1], keys[0], steps=5)[0].image
     assert not np.array_equal(without_salt, expected[0].image)  # the salt took part
+
+
+def test_the_salt_is_named_by_its_fingerprint_never_by_its_value(in_process_server: EmbeddedTritonServer) -> None:
+    """The log says which salt is in force (its length and fingerprint), and that its trailing
+    newline counts; the salt itself is never written."""
+    log = in_process_server.log_file.read_text(errors="replace")
+    assert f"{len(SALT)} bytes, fingerprint {salt_fingerprint(SALT)}" in log
+    assert "begins or ends with whitespace, which is part of the salt" in log
+    assert SALT.strip().decode() not in log
 
 
 def settled_stats(client) -> dict:
@@ -341,6 +351,10 @@ def test_metrics_and_no_keys_in_the_log(client, triton_server: EmbeddedTritonSer
         assert family in text, family
     assert 'anonymixer_request_errors_total{model="anonymixer",reason="undecodable"}' in text
     assert 'stage="refine"' in text and 'stage="decode"' in text
+    # a CPU request takes minutes: its stage times land in buckets, not all in +Inf
+    assert re.search(r'anonymixer_stage_seconds_bucket\{[^}]*le="3600"[^}]*stage="refine"', text) or re.search(
+        r'anonymixer_stage_seconds_bucket\{[^}]*stage="refine"[^}]*le="3600"', text
+    )
     # The scene model has its own series of the same family; this test's items are the anonymixer model's.
     items = [
         line for line in text.splitlines() if line.startswith('anonymixer_items_protected_total{model="anonymixer"')

@@ -131,6 +131,18 @@ def test_a_short_deadline_maps_to_deadline_exceeded(triton_server: EmbeddedTrito
         short.protect([faces(1, seed=24)[0]], KEY, steps=300)
 
 
+def test_one_deadline_for_the_whole_call_however_many_chunks(triton_server: EmbeddedTritonServer) -> None:
+    """Chunks that wait for a free place spend the call's deadline, not one of their own: three
+    chunks sent one at a time, each longer than the deadline, end within one deadline (each with
+    its own, the call took three)."""
+    with AnonymixerClient(triton_server.grpc_url, timeout_s=3, max_concurrency=1) as short:
+        assert short.max_batch() == 8
+        begin = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            short.protect(faces(17, seed=25), KEY, steps=300)
+        assert time.monotonic() - begin < 6
+
+
 def test_backoff_is_jittered_within_its_exponential_step() -> None:
     rng = random.Random(5)
     for attempt in range(10):

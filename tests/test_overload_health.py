@@ -246,3 +246,24 @@ def test_triton_exiting_or_hanging_ends_the_launcher_non_zero(triton_repository:
         print(f"hung tritonserver: the launcher exited after {time.monotonic() - stopped:.1f} s")
         assert triton not in processes_mentioning("tritonserver")
     assert "has not answered /v2/health/live" in (second / "serve.log").read_text()
+
+
+def test_a_short_overload_run_loses_nothing(tmp_path: Path) -> None:
+    """``benchmarks.overload`` shortened for CI (the record is the full run): ten times the callers
+    the model holds, raw and with the shipped client — no reload, no call failed but for a full
+    queue (raw) or a clear deadline (client), ``/health/ready`` 200 throughout."""
+    from benchmarks.overload import main as overload
+
+    args = ["--batch", "4", "--queue", "4", "--steps", "5", "--alone", "10", "--duration", "20"]
+    args += ["--client-duration", "20", "--soak", "0", "--deadline", "30", "--out", str(tmp_path)]
+    assert overload(args) == 0
+    results = json.loads((tmp_path / "overload.json").read_text())["results"]
+    assert set(results) == {"alone", "raw_overload", "client_overload"}
+    for name, phase in results.items():
+        assert phase["reloads"] == 0 and phase["health_not_ready"] == 0, (name, phase)
+        assert phase["served"] > 0, (name, phase)
+    raw = results["raw_overload"]
+    assert raw["refused"] > 0 and raw["other_outcomes"] == {}, raw  # refused at the door, none failed inside
+    client = results["client_overload"]
+    assert set(client["other_outcomes"]) <= {"DeadlineExceededError"}, client
+    assert client["served"] + sum(client["other_outcomes"].values()) == client["calls"]

@@ -166,11 +166,17 @@ class AnonymixerClient:
             raise map_error(exc) from None
 
     def _retrying(
-        self, attempt: Callable[[float], T], failed: Callable[[AnonymixerError, RetryBudget], None] | None = None
+        self,
+        attempt: Callable[[float], T],
+        failed: Callable[[AnonymixerError, RetryBudget], None] | None = None,
+        started: float | None = None,
     ) -> tuple[T, RetryBudget]:
         """``attempt(seconds left)`` until it succeeds or fails for good: (its result, the budget that
-        counted its retries). ``failed(error, budget)`` hears of a final failure before it is raised."""
+        counted its retries). ``failed(error, budget)`` hears of a final failure before it is raised.
+        ``started``: when the call this attempt belongs to began (its deadline counts from then)."""
         budget = RetryBudget(self.timeout_s, self.retries)
+        if started is not None:
+            budget.started = started
         while True:
             try:
                 return attempt(budget.remaining()), budget
@@ -193,6 +199,7 @@ class AnonymixerClient:
         parse: Callable[[Any], tuple[T, int]],
         items: int,
         index: list[int] | None = None,
+        started: float | None = None,
     ) -> T:
         """One request to ``model`` with retries: ``build()`` gives its tensors and the bytes they
         carry, ``parse(result)`` the answer and the bytes it carried; its :class:`CallRecord` goes
@@ -212,7 +219,9 @@ class AnonymixerClient:
             timings = (seconds, build_seconds, parse_seconds)
             self._record(CallRecord(method, outcome, items, *timings, sent, received, budget.made, budget.refused))
 
-        result, budget = self._retrying(attempt, lambda error, spent: record(type(error).__name__, 0.0, 0, spent))
+        result, budget = self._retrying(
+            attempt, lambda error, spent: record(type(error).__name__, 0.0, 0, spent), started
+        )
         answered = time.perf_counter()
         value, received = parse(result)
         record("ok", time.perf_counter() - answered, received, budget)
@@ -295,16 +304,25 @@ class AnonymixerClient:
         steps: int | None = None,
     ) -> list[ProtectedFace]:
         """Protected faces in input order. Large inputs go in chunks of the server's max batch, in
-        parallel; a group is never split across chunks (items of one group are refined together)."""
+        parallel; a group is never split across chunks (items of one group are refined together).
+        The call has one deadline, ``timeout_s`` from now, whatever the number of chunks: a chunk
+        that waits for a free place among ``max_concurrency`` spends the same deadline."""
+        started = time.monotonic()
         payload = [encode_image(im) for im in images]
         keys = normalise_keys(key, len(payload))
         chunks = plan_chunks(len(payload), groups, self.max_batch())
         with ThreadPoolExecutor(min(self.max_concurrency, len(chunks)) or 1) as pool:
-            parts = list(pool.map(lambda c: self._protect_chunk(c, payload, keys, groups, steps), chunks))
+            parts = list(pool.map(lambda c: self._protect_chunk(c, payload, keys, groups, steps, started), chunks))
         return in_input_order(chunks, parts)
 
     def _protect_chunk(
-        self, chunk: list[int], payload: list[bytes], keys: list[bytes], groups: Sequence[int] | None, steps: int | None
+        self,
+        chunk: list[int],
+        payload: list[bytes],
+        keys: list[bytes],
+        groups: Sequence[int] | None,
+        steps: int | None,
+        started: float,
     ) -> list[ProtectedFace]:
         images = [payload[i] for i in chunk]
 
@@ -318,7 +336,7 @@ class AnonymixerClient:
             faces = parse_faces(result)
             return faces, sum(len(f.png) + f.template.nbytes for f in faces)
 
-        return self._request("protect", MODEL, build, parse, len(chunk), index=chunk)
+        return self._request("protect", MODEL, build, parse, len(chunk), index=chunk, started=started)
 
     def enroll(self, images: Sequence[ImageLike], key: KeyLike) -> Template:
         """A person's photos (one group) → one template: the normalised mean of the protected templates."""
