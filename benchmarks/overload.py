@@ -10,8 +10,8 @@ the rest at once) and runs, one after the other:
 
 1. **alone**: ``--batch`` closed-loop callers (the model's capacity) for ``--alone`` seconds: the
    goodput (answers per second) the others are measured against;
-2. **raw overload**: ``factor × batch`` callers with plain ``tritonclient`` that retry a refused call
-   after ``--raw-pause`` seconds without backing off, for ``--duration`` seconds;
+2. **raw overload**: ``factor × batch`` callers that retry a refused call after ``--raw-pause``
+   seconds without backing off (the shipped client with ``retries=0``), for ``--duration`` seconds;
 3. **client overload**: as many callers with the shipped client (jittered backoff, a deadline of
    ``--deadline`` seconds per call), for ``--client-duration`` seconds: each call is answered or
    raises ``DeadlineExceededError``;
@@ -19,7 +19,7 @@ the rest at once) and runs, one after the other:
    memory (tritonserver, its stubs, the launcher) is sampled.
 
 Throughout, ``/health/ready`` is sampled every second and every model's reloads are counted.
-Writes ``overload.json`` and ``overload.png`` (answers per 10 s over the run) into ``--out``.
+Writes ``overload.json`` and ``overload.png`` (answers per second, by minute, over the run) into ``--out``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from benchmarks.machine import results_dir, save_record
 
 KEY = b"overload-key-0042"
 ALGORITHM = '{"steps": 20, "views": 0}'
-QUEUE_FULL = "exceeds maximum queue size"
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -130,32 +129,22 @@ def run_callers(
 
 
 def raw_caller(url: str, face: bytes, steps: int) -> Callable[[], str]:
-    """A plain tritonclient caller: ``served``, ``refused`` (queue full) or the error."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
+    """A caller without backoff: the shipped client with ``retries=0`` (a refusal comes back at once
+    as ``ServiceBusyError``): ``served``, ``refused`` or the error."""
+    from anonymixer_client import AnonymixerClient, ServiceBusyError
 
     local = threading.local()
 
-    def inputs() -> list[Any]:
-        tensors = []
-        for name, dtype, value in (("IMAGE", "BYTES", face), ("KEY", "BYTES", KEY)):
-            t = grpcclient.InferInput(name, [1, 1], dtype)
-            t.set_data_from_numpy(np.array([[value]], dtype=np.object_))
-            tensors.append(t)
-        t = grpcclient.InferInput("STEPS", [1, 1], "INT32")
-        t.set_data_from_numpy(np.array([[steps]], dtype=np.int32))
-        return [*tensors, t]
-
     def call() -> str:
         if not hasattr(local, "client"):
-            local.client, local.inputs = grpcclient.InferenceServerClient(url), inputs()
+            local.client = AnonymixerClient(url, timeout_s=600, retries=0)
         try:
-            local.client.infer("anonymixer", local.inputs, client_timeout=600)
+            local.client.protect([face], KEY, steps=steps)
             return "served"
-        except InferenceServerException as exc:
-            if QUEUE_FULL in str(exc).lower():
-                return "refused"
-            return f"error: {exc}"
+        except ServiceBusyError:
+            return "refused"
+        except Exception as exc:  # every outcome is counted: the benchmark's point
+            return f"error: {type(exc).__name__}: {str(exc)[:300]}"
 
     return call
 
@@ -316,11 +305,11 @@ def plot(timeline: list[tuple[str, list[tuple[float, float, str]]]], path: Path)
         done = np.array([b + d - origin for b, d, o in events if o == "served"])
         if not len(done):
             continue
-        bins = np.arange(np.floor(done.min() / 10) * 10, done.max() + 10, 10)
+        bins = np.arange(np.floor(done.min() / 60) * 60, done.max() + 60, 60)
         counts, edges = np.histogram(done, bins)
-        ax.step(edges[:-1] / 60, counts / 10, where="post", label=name)
+        ax.step(edges[:-1] / 60, counts / 60, where="post", label=name)
     ax.set_xlabel("minutes into the run")
-    ax.set_ylabel("answers per second (10 s bins)")
+    ax.set_ylabel("answers per second (1 min bins)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

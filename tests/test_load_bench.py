@@ -51,7 +51,8 @@ def assert_server_time_inside_latency(url: str) -> None:
             parts = ("queue", "compute_input", "compute_infer", "compute_output")
             server_s = sum(getattr(after, f"{p}_ns") - getattr(before, f"{p}_ns") for p in parts) / 1e9
             assert after.success_count == before.success_count + 1  # this request alone
-            assert 0 < server_s <= heard[-1].seconds, (server_s, heard[-1])
+            # two clocks: Triton's stage timestamps and the client's; a few ms apart at most
+            assert 0 < server_s <= heard[-1].seconds + 0.01, (server_s, heard[-1])
 
 
 def test_a_request_rate_level_sends_on_schedule(triton_server: EmbeddedTritonServer, tmp_path: Path) -> None:

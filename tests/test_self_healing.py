@@ -74,7 +74,8 @@ def test_every_killed_model_comes_back_and_no_call_is_lost(triton_repository: Pa
             assert outage["recovered_s"] < 60
         assert report["calls_retried"] >= 1  # some calls met an outage and were retried to a correct answer
         status, body = health(health_url)
-        assert status == 200 and all(m["state"] == "ready" for m in body["models"].values())
+        # serving again; a model still finishing the last calls is "busy" until its next probe
+        assert status == 200 and all(m["state"] in ("ready", "busy") for m in body["models"].values()), body
         # the repository API is the supervisor's alone
         with grpcclient.InferenceServerClient(url) as plain:
             with pytest.raises(Exception, match="This protocol is restricted"):
