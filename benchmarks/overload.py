@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -58,11 +59,10 @@ def tree_rss_bytes(pid: int) -> int:
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
     total, stack = 0, [pid]
-    page = 4096
     while stack:
         p = stack.pop()
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
         stack += children.get(p, [])

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
+from benchmarks.overload import tree_rss_bytes
 from optimizer_backend.server import EmbeddedTritonServer
 from tests.test_anonymixer_server import FACE, SECRET_KEYS, request_inputs
 
 DURATION_S = 60.0
 WARMUP_S = 10.0
 CONCURRENCY = 8
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants (tritonserver + backend stubs)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            total += int((Path("/proc") / str(p) / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-        stack += children.get(p, [])
-    return total
 
 
 def test_soak(triton_server: EmbeddedTritonServer) -> None:
