@@ -16,9 +16,8 @@ supervisor, a thread of the launcher's process:
   ``probe_interval_s`` (a working model's beats already prove it serves, and a probe would take
   a place in its queue): zeros for a network model; for the service models a request with the
   probe's id, which their ``execute`` answers at once (``responses.probe_answer``: not logged, not
-  counted as an error). Two probes in a row
-  answered with an unhealthy-stub error mark the model down. A probe refused for a full queue
-  says the model is busy, not dead (ready stays 200). A probe still waiting after
+  counted as an error). Two probes in a row answered with an unhealthy-stub error mark the model
+  down. A probe refused for a full queue says the model is busy, not dead (ready stays 200). A probe still waiting after
   ``probe_timeout_s`` marks the model down only if its heartbeat shows no work; a model that
   answers probes UNSUPPORTED (``cannot serve: …``: loaded with a bundle or settings it cannot
   protect with) is not ready, and not reloaded, since a reload loads the same;
@@ -31,8 +30,8 @@ supervisor, a thread of the launcher's process:
   the same when tritonserver exits, or stops answering its own liveness endpoint for
   ``triton_timeout_s`` (killed first);
 - answers ``GET /health/ready`` (200 only when Triton is ready and every model's stubs are alive,
-  not wedged, and its last probe was answered or refused as busy) and ``GET /health/live`` (200
-  until it gives up), with a JSON body per model. The k8s probes use these, not Triton's.
+  not wedged, and its last probe was answered or refused as busy, or its heartbeat shows work)
+  and ``GET /health/live`` (200 until it gives up), with a JSON body per model. The k8s probes use these, not Triton's.
 
 The repository API is restricted to a header secret only this process knows (``admin_key``), so
 no caller can unload a model.
