@@ -95,7 +95,11 @@ def invert_latents(
 
 
 def invert_as_configured(
-    x: torch.Tensor, model: Bundle, config: ProtectConfig, steps: int | None = None
+    x: torch.Tensor,
+    model: Bundle,
+    config: ProtectConfig,
+    steps: int | None = None,
+    on_step: InversionCallback | None = None,
 ) -> InversionResult:
     """:func:`invert_latents` with the bundle's networks and ``config``'s inversion settings, as the
     pipeline runs it; ``steps`` instead of ``config.inversion_steps`` (a benchmark's timed steps)."""
@@ -109,4 +113,5 @@ def invert_as_configured(
         resolution=config.loss_resolution,
         compile=config.compile,
         memory_budget_mib=config.memory_budget_mib,
+        on_step=on_step,
     )

@@ -40,7 +40,7 @@ from anonymixer.augment import augmented_views, view_params
 from anonymixer.bundle import Bundle
 from anonymixer.config import ProtectConfig, resolve_settings
 from anonymixer.images import quantize, to_uint8
-from anonymixer.inversion import invert_as_configured
+from anonymixer.inversion import InversionCallback, invert_as_configured
 from anonymixer.keys import SecretKey, cpu_float32, key_latents, key_rotation
 from anonymixer.losses import (
     ALIGNED_SIZE,
@@ -140,8 +140,12 @@ class Protector:
         salt: bytes = b"",
         stages: Stages | None = None,
         attribute_loss: AttributeLoss | None = None,
+        on_inversion_step: InversionCallback | None = None,
     ) -> None:
         self.model = model
+        # called after every step of an inversion by optimisation (a server's heartbeat: minutes of
+        # inversion on a CPU must show progress as the refinement's on_step does)
+        self.on_inversion_step = on_inversion_step
         self.config = config or resolve_settings(model.config).config
         self.salt = salt
         self.device = model.w_avg.device
@@ -374,7 +378,11 @@ class Protector:
                 batches = self.scheduler.run_batches(
                     "an inversion batch",
                     torch.arange(len(slots), device=self.device),  # each face alone: no group to keep whole
-                    lambda chunk: invert_as_configured(faces[chunk], self.model, self.config).w_plus,
+                    lambda chunk: (
+                        invert_as_configured(
+                            faces[chunk], self.model, self.config, on_step=self.on_inversion_step
+                        ).w_plus
+                    ),
                 )
             w = self.model.latent_avg[None].repeat(len(slots), 1, 1)
             for chunk, w_chunk in batches.done:

@@ -122,7 +122,10 @@ class TritonPythonModel:
         try:
             salt, said = read_salt(params)
             pb_utils.Logger.log_info(f"{self.name}: {said}")
-            self.protector = Protector(model, protect_config, salt=salt, stages=stages)
+            beat = heartbeat().beat
+            self.protector = Protector(
+                model, protect_config, salt=salt, stages=stages, on_inversion_step=lambda *_: beat()
+            )
         except BundleError as exc:
             self.unsupported = f"{self.name} cannot protect faces with this server's bundle: {exc}"
             pb_utils.Logger.log_warn(self.unsupported)

@@ -141,3 +141,13 @@ def test_protect_under_no_grad_refines_as_it_does_outside_it(tiny_bundle_dir: Pa
         face = protector.protect(image, b"k", steps=3)[0]
     assert face.steps == 3 and len(face.loss_trace) == 3
     assert np.array_equal(face.image, expected.image) and not np.array_equal(face.image, unrefined.image)
+
+
+def test_the_inversion_by_optimisation_reports_every_step(tiny_bundle_dir: Path) -> None:
+    """A server's heartbeat hears the inversion's steps as it hears the refinement's: minutes of
+    inversion on a CPU must not look like a stub that stopped making progress."""
+    config = ProtectConfig(views=0, inversion="optimize", inversion_steps=4, attribute_loss="fr_features")
+    heard: list[int] = []
+    p = Protector(bundle.load(tiny_bundle_dir), config, on_inversion_step=lambda step, *_: heard.append(step))
+    p.protect(faces(2, seed=61), b"inversion beats", steps=1)
+    assert heard == [0, 1, 2, 3]  # both faces invert in one batch: one call per step
