@@ -1,10 +1,12 @@
 """Paste protected faces back into the photo, and blur faces too small to protect (DESIGN §5).
 
-A protected face lives in the aligned frame (``aligned_size`` px, the e4e template) at the
-generator's resolution; the photo → aligned transform of its detection brings it back. It is
-blended in through a soft ellipse defined in the aligned frame (:class:`FaceMask`), after a
-per-channel colour shift that makes it agree with the photo along the mask's soft edge. Pixels
-where the mask is zero are never written: they stay bit-identical.
+A protected face lives in the aligned frame (``aligned_size`` px, the framing's template) at the
+generator's resolution; the photo → aligned transform of its detection brings it back. What is
+pasted is the skin both faces share (:mod:`anonymixer.face_region`), never more than the outer
+ellipse :class:`FaceMask`; the face is first made to agree with the photo there
+(:mod:`anonymixer.blending`: colour over a ring of skin, then a smooth seam correction), and shrunk
+to about the photo's scale before it is sampled. Pixels where the mask is zero are never written:
+they stay bit-identical. The choices are measured by ``python -m benchmarks.paste_back_quality``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from anonymixer.alignment import apply, invert, map_pixels, reframe
+from anonymixer.alignment import apply, invert, map_pixels, reframe, warp_photo
+from anonymixer.blending import laplacian_blend, match_colour, seam_correction
+from anonymixer.face_region import MASK_SIZE, erode, resized, shared_face
 
 
 @dataclass(frozen=True)
@@ -106,50 +110,99 @@ def strips(y0: int, y1: int, width: int) -> list[tuple[int, int]]:
     return [(top, min(top + rows, y1)) for top in range(y0, y1, rows)]
 
 
-def colour_shift(face: np.ndarray, original: np.ndarray, mask: FaceMask) -> np.ndarray:
-    """Per-channel offset that makes ``face`` match ``original`` (the aligned input, any size) on
-    the mask's soft edge, where the two meet in the photo. float32 [3]."""
-    size = face.shape[0]
-    orig = torch.from_numpy(np.ascontiguousarray(original)).permute(2, 0, 1)[None].float()
-    orig = F.interpolate(orig, size=(size, size), mode="area")[0].permute(1, 2, 0).numpy()
-    coords = (np.arange(size) + 0.5) * (256 / size) - 0.5
-    alpha = mask.alpha(coords[None, :], coords[:, None], 256)
-    band = alpha * (1 - alpha)  # weight peaks mid-edge, zero inside and outside
-    if band.sum() <= 0:
-        return np.zeros(3, np.float32)
-    diff = (orig - face.astype(np.float32)) * band[:, :, None]
-    return (diff.sum((0, 1)) / band.sum()).astype(np.float32)
+OVERSAMPLING = 2  # the pasted face is area-shrunk to this many of its pixels per photo pixel, then sampled
+
+
+@dataclass(frozen=True)
+class PasteBack:
+    """How a protected face goes back into its photo (SceneConfig's ``mask``, ``colour_match``, ``blend``)."""
+
+    bound: FaceMask  # the outer bound, in the faces' own framing: nothing outside it is written
+    template: np.ndarray  # the framing's five landmarks on 256 px
+    colour_match: bool = True
+    blend: str = "membrane"  # "membrane" (colour + seam correction), "laplacian" (multi-band) or "feather"
+
+
+BLENDS = ("membrane", "laplacian", "feather")
+
+
+def blended_face(
+    photo: np.ndarray,
+    original: np.ndarray,
+    generated: np.ndarray,
+    matrix: np.ndarray,
+    aligned_size: int,
+    how: PasteBack,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generated face made to agree with the photo (float [3, R, R], 0–255) and where it is
+    pasted (float [S, S] in [0, 1], the aligned frame at any resolution S): ``original`` is the
+    aligned input (uint8, any size), ``generated`` the protected face (uint8 [R, R, 3])."""
+    size = generated.shape[0]
+    coords = (torch.arange(MASK_SIZE, dtype=torch.float64) + 0.5) * (aligned_size / MASK_SIZE) - 0.5
+    soft_bound = torch.from_numpy(how.bound.alpha(coords[None, :].numpy(), coords[:, None].numpy(), aligned_size))
+    # A cell in from the ellipse: the alpha is interpolated between cells and must stay inside it.
+    bound = erode(soft_bound > 0, 1)
+    region = shared_face(original, generated, how.template, bound)
+    face = torch.from_numpy(np.ascontiguousarray(generated)).permute(2, 0, 1).float()
+    original_small = resized(original, MASK_SIZE)
+    if how.colour_match:
+        face = match_colour(face, resized(generated, MASK_SIZE), original_small, region.ring)
+    if how.blend == "membrane":
+        face = face + seam_correction(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
+        return face, region.alpha
+    if how.blend == "laplacian":
+        alpha = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
+        levels = max(1, int(np.log2(size / 32)) + 1)  # down to a 32 px face: colour blends over the whole face
+        face = laplacian_blend(face, behind.float(), alpha, levels)
+        # Low bands spread past the shared region; what lies there is the photo's own, resampled.
+        return face, soft_bound.float() * bound
+    return face, region.alpha
+
+
+def rescaled(matrix: np.ndarray, scale: float) -> np.ndarray:
+    """A photo → aligned transform for the aligned frame drawn ``scale`` times larger (pixel centres kept)."""
+    return np.vstack([matrix[0] * scale, matrix[1] * scale]) + np.array([[0, 0, 0.5 * scale - 0.5]] * 2)
 
 
 def paste_face(
-    photo: np.ndarray,
-    face: np.ndarray,
-    matrix: np.ndarray,
-    aligned_size: int,
-    mask: FaceMask,
-    shift: np.ndarray | None = None,
+    photo: np.ndarray, face: torch.Tensor, alpha: torch.Tensor, matrix: np.ndarray, aligned_size: int
 ) -> None:
-    """Blend ``face`` (uint8 [R, R, 3], the aligned frame at any resolution) into ``photo`` (uint8
-    [H, W, 3], changed in place) through ``matrix`` (photo → aligned frame of ``aligned_size``)."""
-    box = mask_box(matrix, mask, aligned_size, photo.shape)
+    """Blend ``face`` (float [3, R, R], the aligned frame at any resolution) into ``photo`` (uint8
+    [H, W, 3], changed in place) through ``alpha`` (float [S, S], the aligned frame at any
+    resolution) and ``matrix`` (photo → aligned frame of ``aligned_size``). Pixels where alpha is 0
+    are never written."""
+    rows, cols = torch.nonzero(alpha > 0, as_tuple=True)
+    if len(rows) == 0:
+        return
+    cell = aligned_size / alpha.shape[0]  # the aligned frame's pixels per alpha pixel
+    corners = (
+        np.array([[cols.min().item(), rows.min().item()], [cols.max().item() + 1, rows.max().item() + 1]], np.float64)
+        * cell
+        - 0.5
+    )
+    corners = np.array([corners[0], [corners[1, 0], corners[0, 1]], [corners[0, 0], corners[1, 1]], corners[1]])
+    box = footprint(apply(invert(matrix), corners), photo.shape)
     if box is None:
         return
     x0, y0, x1, y1 = box
-    src = torch.from_numpy(np.ascontiguousarray(face)).permute(2, 0, 1)[None].float()
+    # Shrink the face to about the photo's scale first: sampling a 1024 px face at 200 px aliases.
+    per_photo_pixel = float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) * face.shape[-1] / aligned_size
+    if per_photo_pixel > OVERSAMPLING:
+        side = int(np.ceil(face.shape[-1] * OVERSAMPLING / per_photo_pixel))
+        face = F.interpolate(face[None], size=(side, side), mode="area")[0]
     # Band by band: a face filling a 40 M pixel photo would need gigabytes of coordinates at once.
     for top, bottom in strips(y0, y1, x1 - x0):
         uv = map_pixels(matrix, x0, top, x1, bottom)
-        alpha = mask.alpha(uv[..., 0], uv[..., 1], aligned_size)
-        if not (alpha > 0).any():
-            continue
-        # The face image spans the aligned frame exactly, so its normalised coordinate is 2(u+½)/A − 1
-        # whatever its resolution.
+        # Both images span the aligned frame exactly, so a normalised coordinate is 2(u+½)/A − 1
+        # whatever their resolutions; outside the frame alpha reads 0.
         grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1)[None]).float()
-        sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        sampled = sampled[0].permute(1, 2, 0).numpy()
-        if shift is not None:
-            sampled = sampled + shift
-        blend(photo[top:bottom, x0:x1], sampled, alpha)
+        weight = F.grid_sample(alpha[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weight = weight[0, 0].clamp(0, 1).numpy()
+        if not (weight > 0).any():
+            continue
+        sampled = F.grid_sample(face[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        blend(photo[top:bottom, x0:x1], sampled[0].permute(1, 2, 0).numpy(), weight)
 
 
 def blur_face(photo: np.ndarray, box: np.ndarray, feather: float = 0.2, margin: float = 0.15) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from anonymixer.alignment import E4E_FRAMING, FRAMINGS, framing_template, template_transform, warp_photo
 from anonymixer.config import config_from_dict
 from anonymixer.keys import SecretKey
-from anonymixer.paste_back import FaceMask, blur_face, colour_shift, paste_face
+from anonymixer.paste_back import BLENDS, FaceMask, PasteBack, blended_face, blur_face, paste_face
 
 SMALL_FACE_ACTIONS = ("blur", "keep")
 FACE_KEY_MODES = ("per_face", "shared")
@@ -46,8 +46,10 @@ class SceneConfig:
     # the template faces are aligned to (alignment.FRAMINGS); the repository sets the bundle's
     framing: str = E4E_FRAMING
     detect_max_side: int = 1600  # photos go to the detector downscaled to this long side
-    colour_match: bool = True
-    mask: FaceMask = field(default_factory=FaceMask)  # given in the e4e frame; moved to ``framing``
+    colour_match: bool = True  # the generated skin's colour made the photo's (L*a*b* over a ring of skin)
+    blend: str = "membrane"  # paste_back.BLENDS; chosen by benchmarks/paste_back_quality.py
+    # the outer bound of what is pasted, given in the e4e frame; moved to ``framing``
+    mask: FaceMask = field(default_factory=FaceMask)
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,6 +57,8 @@ class SceneConfig:
             problems.append(f"small_faces must be one of {SMALL_FACE_ACTIONS}")
         if self.face_keys not in FACE_KEY_MODES:
             problems.append(f"face_keys must be one of {FACE_KEY_MODES}")
+        if self.blend not in BLENDS:
+            problems.append(f"blend must be one of {BLENDS}")
         if self.framing not in FRAMINGS:
             problems.append(f"framing must be one of {sorted(FRAMINGS)}")
         if self.min_face < 1 or self.max_faces < 0 or self.aligned_size < 16:
@@ -68,8 +72,12 @@ class SceneConfig:
 
     @property
     def face_mask(self) -> FaceMask:
-        """The paste-back mask in this config's aligned frame."""
+        """The paste-back bound in this config's aligned frame."""
         return self.mask.reframed(self.framing)
+
+    @property
+    def paste_back(self) -> PasteBack:
+        return PasteBack(self.face_mask, framing_template(self.framing), self.colour_match, self.blend)
 
 
 @dataclass
@@ -125,13 +133,14 @@ def compose(
 ) -> np.ndarray:
     """The photo with each protected face pasted back and each small face blurred (a new array)."""
     out = photo.copy()
-    chosen, mask = to_protect(faces), config.face_mask
+    chosen, how = to_protect(faces), config.paste_back
     if len(chosen) != len(protected):
         raise ValueError(f"{len(chosen)} faces to protect but {len(protected)} protected faces")
     for face, image in zip(chosen, protected, strict=True):
         assert face.matrix is not None and face.aligned is not None
-        shift = colour_shift(image, face.aligned, mask) if config.colour_match else None
-        paste_face(out, image, face.matrix, config.aligned_size, mask, shift)
+        # Each face reads the photo as it was: a neighbour's pasted face is not its background.
+        content, alpha = blended_face(photo, face.aligned, image, face.matrix, config.aligned_size, how)
+        paste_face(out, content, alpha, face.matrix, config.aligned_size)
     for face in faces:
         if face.action == "blurred":
             blur_face(out, face.detection)

@@ -64,7 +64,7 @@ def _faces(args: argparse.Namespace) -> None:
         print(model.notice, file=sys.stderr)
     faces = generated_faces(model, args.count, psi=args.psi, seed=args.seed)
     columns = [faces[i : i + args.rows] for i in range(0, args.count, args.rows)]
-    print(f"{args.count} faces (ψ {args.psi}, seed {args.seed}) in {save_grid(columns, args.out)}")
+    print(f"{args.count} faces (ψ {args.psi}, seed {args.seed}) in {save_grid(columns, args.out, tile=args.tile)}")
 
 
 def _onnx(args: argparse.Namespace) -> None:
@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     psi = ProtectConfig().truncation_psi
     f.add_argument("--psi", type=float, default=psi, help=f"truncation ψ (default {psi:g}, the key latents')")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument(
+        "--tile", type=int, default=256, help="px per face (default 256; a row of 512 px faces makes a group photo)"
+    )
     f.set_defaults(run=_faces)
 
     o = sub.add_parser("onnx", help="export the bundle's networks to ONNX (opset 17, dynamic batch)")
