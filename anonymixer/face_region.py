@@ -130,7 +130,7 @@ class FaceGeometry:
         eye_y, mouth_y = self.landmarks[:2, 1].mean(), self.landmarks[3:, 1].mean()
         d = mouth_y - eye_y
         centre = (float(self.landmarks[:2, 0].mean()), float((eye_y + mouth_y) / 2))
-        return ellipse(MASK_SIZE, centre, (0.85 * self.eye_distance, 0.85 * d))
+        return ellipse(MASK_SIZE, centre, (INNER_WIDTH * self.eye_distance, INNER_HEIGHT * d))
 
     def nose(self) -> torch.Tensor:
         seed = torch.zeros(MASK_SIZE, MASK_SIZE, dtype=torch.bool)
@@ -139,6 +139,7 @@ class FaceGeometry:
         return seed
 
 
+INNER_WIDTH, INNER_HEIGHT = 0.95, 0.95  # the inner face's semi-axes: × the eye distance, × eyes-to-mouth
 SKIN_CHROMA = 3.5  # a skin pixel's a*b* lies within this many (robust) spreads of the cheeks'
 CHROMA_SPREAD = 3.0  # the least spread (a*b* units): even a flat-lit face's skin varies this much
 SHADOW, HIGHLIGHT = 40.0, 30.0  # L* below / above the cheeks' median still counted as skin
@@ -181,10 +182,12 @@ def shared_face(
     faces share inside ``bound`` (bool [MASK_SIZE, MASK_SIZE], the outer ellipse), plus the inner face."""
     geometry = FaceGeometry.of(template_256)
     faces = [face_of(rgb_to_lab(resized(image, MASK_SIZE)), geometry, bound) for image in (original, generated)]
-    # The inner face is replaced even where the generated skin misses it, but never past the photo's face.
-    inner = geometry.inner_face() & bound & faces[0]
+    # Eyes, brows, nose and mouth are replaced where either face is (make-up, glasses, a beard):
+    # identity lives there (benchmarks/paste_back_quality.py: without it the composites' MobileFaceNet
+    # score rose to the match threshold).
+    inner = geometry.inner_face() & bound & (faces[0] | faces[1])
     shared = (faces[0] & faces[1]) | inner
-    hard = erode(shared, ERODE)
+    hard = erode(faces[0] & faces[1], ERODE) | inner
     alpha = gaussian_blur(hard.float(), FEATHER) * shared
     ring = hard & ~erode(hard, RING) & ~inner
     return SharedFace(alpha.clamp(0, 1), ring if ring.sum() >= 20 else hard & ~erode(hard, RING))
