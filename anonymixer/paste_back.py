@@ -119,8 +119,8 @@ class PasteBack:
 
     bound: FaceMask  # the outer bound, in the faces' own framing: nothing outside it is written
     template: np.ndarray  # the framing's five landmarks on 256 px
-    colour_match: bool = True
-    blend: str = "membrane"  # "membrane" (colour + seam correction), "laplacian" (multi-band) or "feather"
+    colour_match: bool
+    blend: str  # one of BLENDS
 
 
 BLENDS = ("membrane", "laplacian", "feather")

@@ -47,7 +47,7 @@ class SceneConfig:
     framing: str = E4E_FRAMING
     detect_max_side: int = 1600  # photos go to the detector downscaled to this long side
     colour_match: bool = True  # the generated skin's colour made the photo's (L*a*b* over a ring of skin)
-    blend: str = "membrane"  # paste_back.BLENDS; chosen by benchmarks/paste_back_quality.py
+    blend: str = "laplacian"  # paste_back.BLENDS; chosen by benchmarks/paste_back_quality.py (docs/scene-mode.md)
     # the outer bound of what is pasted, given in the e4e frame; moved to ``framing``
     mask: FaceMask = field(default_factory=FaceMask)
 
