@@ -27,7 +27,7 @@ from anonymixer.face_region import MASK_SIZE, erode, resized, shared_face
 class FaceMask:
     """A feathered ellipse in the aligned frame, given for a 256 px frame (scaled to others).
 
-    The defaults are measured (benchmarks/paste_back_mask.py, 30 photos of ../shared, another
+    The defaults were measured (by the former benchmarks/paste_back_mask.py, 30 photos of ../shared, another
     person's face pasted in): MobileFaceNet cosine of the result to the original person falls from
     0.34 (axes 84×104) to 0.19 at these axes, with no added edge on the soft rim (mean gradient
     −0.09/255); at 1.3× an edge appears (+0.22) and the ellipse leaves the frame. A feather of 0.1
@@ -87,18 +87,6 @@ def mask_box(
 ) -> tuple[int, int, int, int] | None:
     """The photo box a face's mask can touch (see :func:`footprint`); None when it misses the photo."""
     return footprint(apply(invert(matrix), mask.bounds(aligned_size)), shape)
-
-
-def mask_region(
-    matrix: np.ndarray, mask: FaceMask, aligned_size: int, shape: tuple[int, ...]
-) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
-    """The photo box a face's mask can touch, the aligned-frame coordinates [h, w, 2] of its
-    pixels and the mask there [h, w]; None when the mask misses the photo."""
-    box = mask_box(matrix, mask, aligned_size, shape)
-    if box is None:
-        return None
-    uv = map_pixels(matrix, *box)
-    return box, uv, mask.alpha(uv[..., 0], uv[..., 1], aligned_size)
 
 
 STRIP_PIXELS = 1 << 18  # photo pixels pasted or blurred at a time: ~60 bytes of temporaries each
