@@ -17,9 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anonymixer.face_region import lab_to_rgb, rgb_to_lab
+from anonymixer.face_region import gaussian_blur, lab_to_rgb, rgb_to_lab
 
 CONTRAST_LIMITS = (0.5, 2.0)  # the generated face's L*a*b* spread is scaled by at most this much
+DETAIL_LIMIT = 2.5  # the generated face's fine detail is amplified by at most this much
+DETAIL_SIGMA = 1.5  # photo px: the fine detail is what a blur of this σ removes
 SEAM_CELL = 4  # px of the small copy (3 % of the frame): the seam correction's finest detail
 SEAM_LIMIT = 40.0  # the seam correction's largest value per channel (0–255): a wrong ring must not paint
 
@@ -96,3 +98,25 @@ def laplacian_blend(
         band_bg = bg[level] - upsampled(bg[level + 1], bg[level])
         out = upsampled(out, fg[level]) + band_fg * masks[level] + band_bg * (1 - masks[level])
     return out
+
+
+def fine_energy(image: torch.Tensor, where: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean |image − blur(image)| over ``where`` (bool [H, W]): how much fine texture there is."""
+    return (image - gaussian_blur(image, sigma)).abs().mean(0)[where].mean()
+
+
+def matched_detail(face: torch.Tensor, behind: torch.Tensor, where: torch.Tensor, scale: float) -> torch.Tensor:
+    """``face`` [3, R, R] with its own fine detail amplified (unsharp mask) until, seen at the photo's
+    scale (``scale`` face px per photo px), it has as much as the photo ``behind`` [3, R, R] over
+    ``where`` [R, R]. Generators draw smoother skin than cameras record; the photo's own texture is
+    never copied in (it would carry its features)."""
+    side = max(16, round(face.shape[-1] / max(scale, 1.0)))
+    small = [F.interpolate(x[None], size=(side, side), mode="area")[0] for x in (face, behind)]
+    inside = F.interpolate(where[None, None].float(), size=(side, side), mode="area")[0, 0] > 0.9
+    if inside.sum() < 16:
+        return face
+    gain = fine_energy(small[1], inside, DETAIL_SIGMA) / fine_energy(small[0], inside, DETAIL_SIGMA).clamp_min(1e-3)
+    gain = float(gain.clamp(1.0, DETAIL_LIMIT))
+    if gain == 1.0:
+        return face
+    return face + (gain - 1) * (face - gaussian_blur(face, DETAIL_SIGMA * max(scale, 1.0)))

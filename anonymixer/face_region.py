@@ -189,8 +189,9 @@ def shared_face(
     shared = (faces[0] & faces[1]) | inner
     hard = erode(faces[0] & faces[1], ERODE) | inner
     alpha = gaussian_blur(hard.float(), FEATHER) * shared
-    ring = hard & ~erode(hard, RING) & ~inner
-    return SharedFace(alpha.clamp(0, 1), ring if ring.sum() >= 20 else hard & ~erode(hard, RING))
+    edge = hard & ~erode(hard, RING)
+    ring = edge & faces[0] & faces[1]  # skin on both sides: what the colours are matched on
+    return SharedFace(alpha.clamp(0, 1), ring if ring.sum() >= 20 else edge)
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:

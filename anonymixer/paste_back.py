@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from anonymixer.alignment import apply, invert, map_pixels, reframe, warp_photo
-from anonymixer.blending import laplacian_blend, match_colour, seam_correction
-from anonymixer.face_region import MASK_SIZE, erode, resized, shared_face
+from anonymixer.blending import laplacian_blend, match_colour, matched_detail, seam_correction
+from anonymixer.face_region import FEATHER, MASK_SIZE, dilate, erode, gaussian_blur, resized, shared_face
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ def strips(y0: int, y1: int, width: int) -> list[tuple[int, int]]:
     return [(top, min(top + rows, y1)) for top in range(y0, y1, rows)]
 
 
+SUPPORT = 3  # px of face_region.MASK_SIZE: how far past the shared region the multi-band blend may write
 OVERSAMPLING = 2  # the pasted face is area-shrunk to this many of its pixels per photo pixel, then sampled
 
 
@@ -142,9 +143,11 @@ def blended_face(
         alpha = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
         behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
         levels = max(1, int(np.log2(size / 32)) + 1)  # down to a 32 px face: colour blends over the whole face
-        face = laplacian_blend(face, behind.float(), alpha, levels)
-        # Low bands spread past the shared region; what lies there is the photo's own, resampled.
-        return face, soft_bound.float() * bound
+        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) * size / aligned_size
+        face = laplacian_blend(matched_detail(face, behind.float(), alpha > 0.5, scale), behind.float(), alpha, levels)
+        # Low bands spread a little past the shared region; what lies there is the photo's own, resampled.
+        support = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), FEATHER) * bound
+        return face, support
     return face, region.alpha
 
 

@@ -43,7 +43,8 @@ computes them): blending the photo's own skin back must not bring the identity b
 Without ``--pair``: the labelled photos of ../shared/data/faces that have a cached inversion in
 build/cache/identity_mix (30 photos: inverting another costs about 200 s on a 2-core CPU). Each
 photo's largest face gets a stand-in protected face, cheap yet real: its inversion mixed under a
-per-photo key with the bundle's algorithm, unrefined, rendered at full resolution (cached in
+per-photo key with the bundle's algorithm, unrefined (``--steps N``: refined N Adam steps as the
+service does, about 2 s a step on a 2-core CPU), rendered at full resolution (cached in
 build/cache/paste_back_quality). Each ``--variant`` (a name of :data:`VARIANTS` or
 ``module:function``, a :data:`Compose`) pastes it back; all are measured side by side. A ``--pair``
 composite that is the demo's side-by-side "photo | result" (out/demo/scenes/*.png) is split.
@@ -348,31 +349,40 @@ def save_grid_of(rows: list[list[np.ndarray]], path: Path) -> None:
 
 
 class StandIn:
-    """Cheap protected faces: a cached inversion mixed under a key, unrefined, rendered."""
+    """Protected faces made in-process: a cached inversion mixed under a key, refined for ``steps``
+    Adam steps (0: unrefined, the cheap stand-in), rendered."""
 
-    def __init__(self, model: bundle.Bundle, bundle_dir: Path) -> None:
+    def __init__(self, model: bundle.Bundle, bundle_dir: Path, steps: int) -> None:
         from anonymixer.config import resolve_settings
         from anonymixer.protect import Protector
 
         self.protector = Protector(model, resolve_settings(model.config).config)
         self.inversions: dict[str, torch.Tensor] = torch.load(INVERSIONS)
         self.cache = CACHE / bundle_dir.name
+        self.steps = steps
 
     def face(self, file: str, aligned: np.ndarray, key: str) -> np.ndarray:
-        """uint8 [R, R, 3]: ``file``'s inversion mixed under ``SecretKey(key)`` (``aligned``: the
-        face it was inverted from, for its template), cached per photo and key."""
+        """uint8 [R, R, 3]: ``file``'s inversion protected under ``SecretKey(key)`` (``aligned``: the
+        face it was inverted from, for its template and the refinement), cached per photo, key and steps."""
         from anonymixer.protect import image_tensor
 
-        path = self.cache / f"{Path(file).stem}.npz"
+        path = self.cache / (f"{Path(file).stem}.npz" if not self.steps else f"{Path(file).stem}-steps{self.steps}.npz")
         if path.exists():
             with np.load(path) as cached:
                 if "key" in cached and str(cached["key"]) == key:
                     return cached["face"]
         p = self.protector
-        templates = p.templates(image_tensor(aligned, p.device)[None], torch.arange(1))
+        x = image_tensor(aligned, p.device)[None]
+        templates = p.templates(x, torch.arange(1))
         with torch.no_grad():
-            mixed = p.mix(self.inversions[file][None], [SecretKey(key)], templates=templates).assemble()
-        face = p.render(mixed)[0]
+            mix = p.mix(self.inversions[file][None], [SecretKey(key)], templates=templates)
+        w = (
+            mix.assemble(p.scheduler.refine(mix, x, torch.arange(1), self.steps).trainable)
+            if self.steps
+            else mix.assemble()
+        )
+        with torch.no_grad():
+            face = p.render(w)[0]
         self.cache.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, face=face, key=key)
         return face
@@ -470,7 +480,7 @@ def run_photos(
     config = scene.SceneConfig(framing=model.framing)
     composers = {name: variant(name) for name in args.variant}
     every = load_faces(FACES, FACES / "identities.csv", model.framing, None)[0]
-    stand_in, privacy = StandIn(model, Path(args.bundle)), Privacy(model, every)
+    stand_in, privacy = StandIn(model, Path(args.bundle), args.steps), Privacy(model, every)
     photos = [f for f in every if f.file in stand_in.inversions][: args.photos or None]
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in composers}
     scores: dict[str, list[dict[str, float]]] = {"protected": [], **{name: [] for name in composers}}
@@ -511,6 +521,7 @@ def run_photos(
         "code": code_version(),
         "bundle": str(args.bundle),
         "photos": len(photos),
+        "refinement_steps": args.steps,
         "protected_privacy": privacy.summary(scores["protected"]),
         "thresholds_fmr_0.1%": privacy.threshold,
     }
@@ -526,6 +537,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", help="a name of VARIANTS or module:function (default: current)")
     parser.add_argument("--bundle", default=str(BUNDLE))
     parser.add_argument("--photos", type=int, default=0, help="the first N photos with a cached inversion (0: all)")
+    parser.add_argument("--steps", type=int, default=0, help="refinement steps of the stand-in faces (0: unrefined)")
     parser.add_argument("--out", default=str(results_dir()))
     parser.add_argument("--tag", default="", help="appended to the record's and grid's names")
     args = parser.parse_args()

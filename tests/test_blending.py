@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from anonymixer.alignment import FFHQ_TEMPLATE_256
-from anonymixer.blending import laplacian_blend, match_colour, push_pull, seam_correction
+from anonymixer.blending import (
+    DETAIL_LIMIT,
+    DETAIL_SIGMA,
+    fine_energy,
+    laplacian_blend,
+    match_colour,
+    matched_detail,
+    push_pull,
+    seam_correction,
+)
 from anonymixer.face_region import MASK_SIZE, ellipse, lab_to_rgb, resized, rgb_to_lab, shared_face
 from anonymixer.paste_back import FaceMask, paste_face
 
@@ -118,3 +128,19 @@ def test_paste_face_writes_only_where_its_alpha_is_positive() -> None:
     changed = (photo != before).any(2)
     assert changed[inside < 0.8].all() and not changed[inside > 1.2].any()
     assert (photo[inside < 0.8] == 255).all()
+
+
+def test_a_smooth_generated_face_gets_its_own_detail_raised_to_the_photos() -> None:
+    rng = np.random.default_rng(4)
+    behind = torch.from_numpy(rng.normal(128, 12, (3, 256, 256))).float()  # a grainy photo
+    pattern = torch.from_numpy(rng.normal(0, 3, (3, 256, 256))).float()
+    face = 150 + pattern  # the same kind of texture, a quarter as strong
+    where = torch.ones(256, 256, dtype=torch.bool)
+    raised = matched_detail(face, behind, where, scale=1.0)
+    before = float(fine_energy(face, where, DETAIL_SIGMA))
+    after = float(fine_energy(raised, where, DETAIL_SIGMA))
+    assert after == pytest.approx(DETAIL_LIMIT * before, rel=0.05)  # capped: 4× was asked for
+    # its own detail, not the photo's: what was added is the face's own high frequencies
+    added = raised - face
+    assert torch.corrcoef(torch.stack([added.flatten(), (behind - 128).flatten()]))[0, 1].abs() < 0.05
+    assert torch.equal(matched_detail(behind, face, where, scale=1.0), behind)  # never made smoother
