@@ -9,8 +9,10 @@ product: the product's own 5 MTCNN points place the paste, so they could not jud
 Regions, per face, inside a box twice the detection box around it (the *2× box*):
 
 * **F, the photo's own face**: the jaw (points 0–16), then the eyebrows (26 … 17) moved up by
-  their mean height above the eye centres: jaw and forehead up to about the hairline. Whatever
-  the paste changes outside F (dilated by the ring width) is hair, ears, neck or background.
+  the height from the brows to the base of the nose (point 33): the forehead by the rule of
+  thirds, up to about the hairline. (A first version lifted the brows only by their height above
+  the eyes, which counted the forehead's own skin as outside the face.) Whatever the paste changes
+  outside F (dilated by the ring width) is hair, ears, neck or background.
 * **P, the pasted region**: where the composite differs from the original by CIE76 ΔE > 2 (just
   noticeable), cleaned by a small opening and hole filling; the components touching the middle of
   the detection box are kept (else the largest one overlapping the box; none: the face is
@@ -133,9 +135,10 @@ class Shape:
 
 
 def face_region(points: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """F: bool [H, W], the jaw and the eyebrows moved up by their height above the eye centres."""
-    brows, eyes = points[17:27], (points[36:42].mean(0), points[42:48].mean(0))
-    lift = np.mean([eyes[0][1] - points[17:22, 1].mean(), eyes[1][1] - points[22:27, 1].mean()])
+    """F: bool [H, W], the jaw and the eyebrows moved up to the hairline, taken by the rule of thirds
+    (forehead as tall as brows to the base of the nose, point 33)."""
+    brows = points[17:27]
+    lift = points[33, 1] - brows[:, 1].mean()
     outline = np.concatenate([points[0:17], (brows - [0.0, lift])[::-1]])
     canvas = Image.new("1", (size[1], size[0]))
     ImageDraw.Draw(canvas).polygon([tuple(p) for p in outline.tolist()], fill=1)
