@@ -1,7 +1,8 @@
 """Make a generated face agree with the photo it is pasted into (DESIGN §5): colour, then the seam.
 
 1. :func:`match_colour`: the generated face's L*a*b* mean and spread over the ring of skin just
-   inside the paste-back edge become the photo's over the same ring (a global tone and contrast).
+   inside the paste-back edge become the photo's over the same ring (a global tone and contrast);
+   :func:`shading_plane` then takes a plane through what still differs there (light from one side).
 2. :func:`seam_correction`: what still differs on that ring (one side lit, a flush on one cheek) is
    spread over the face as a smooth membrane (push-pull interpolation, a fast stand-in for a Poisson
    solve), so at the edge the generated face has the photo's colour and inside it keeps its own
@@ -120,3 +121,23 @@ def matched_detail(face: torch.Tensor, behind: torch.Tensor, where: torch.Tensor
     if gain == 1.0:
         return face
     return face + (gain - 1) * (face - gaussian_blur(face, DETAIL_SIGMA * max(scale, 1.0)))
+
+
+def shading_plane(
+    corrected_small: torch.Tensor, original_small: torch.Tensor, ring: torch.Tensor, size: int
+) -> torch.Tensor:
+    """The best plane a + b·u + c·v per channel [3, size, size] through what still differs on
+    ``ring`` between the colour-matched face and the photo (small copies [3, S, S]): light that
+    falls from one side. Three numbers a channel cannot carry a face's features (a quadric, six,
+    already let MobileFaceNet recognise one composite in 30: docs/scene-mode.md)."""
+
+    def unit(i: torch.Tensor, n: int) -> torch.Tensor:
+        return (i.float() + 0.5) / n * 2 - 1
+
+    rows, cols = torch.nonzero(ring, as_tuple=True)
+    side = ring.shape[-1]
+    basis = torch.stack([torch.ones(len(rows)), unit(cols, side), unit(rows, side)], 1)
+    difference = (original_small - corrected_small)[:, rows, cols].T  # [n, 3]
+    a, b, c = torch.linalg.lstsq(basis, difference).solution[:, :, None, None]  # each [3, 1, 1]
+    grid = unit(torch.arange(size), size)
+    return (a + b * grid[None, None, :] + c * grid[None, :, None]).clamp(-SEAM_LIMIT, SEAM_LIMIT)

@@ -171,7 +171,7 @@ class SharedFace:
 
 
 ERODE = 2  # px of MASK_SIZE (≈ 3 % of a face's width) kept off the shared region's edge
-FEATHER = 1.5  # px of MASK_SIZE: the Gaussian σ of the alpha's soft edge
+FEATHER = 3.5  # px of MASK_SIZE: the Gaussian σ of the alpha's soft edge (1.5, 2.5, 3.5 measured: docs/scene-mode.md)
 RING = 5  # px of MASK_SIZE: the width of the band the colours are matched on
 
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from anonymixer.alignment import apply, invert, map_pixels, reframe, warp_photo
-from anonymixer.blending import laplacian_blend, match_colour, matched_detail, seam_correction
-from anonymixer.face_region import FEATHER, MASK_SIZE, dilate, erode, gaussian_blur, resized, shared_face
+from anonymixer.blending import laplacian_blend, match_colour, matched_detail, seam_correction, shading_plane
+from anonymixer.face_region import MASK_SIZE, dilate, erode, gaussian_blur, resized, shared_face
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def strips(y0: int, y1: int, width: int) -> list[tuple[int, int]]:
 
 
 SUPPORT = 3  # px of face_region.MASK_SIZE: how far past the shared region the multi-band blend may write
+SUPPORT_SOFTNESS = 1.5  # px of face_region.MASK_SIZE: the σ of that write's soft edge
 OVERSAMPLING = 2  # the pasted face is area-shrunk to this many of its pixels per photo pixel, then sampled
 
 
@@ -136,6 +137,7 @@ def blended_face(
     original_small = resized(original, MASK_SIZE)
     if how.colour_match:
         face = match_colour(face, resized(generated, MASK_SIZE), original_small, region.ring)
+        face = face + shading_plane(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
     if how.blend == "membrane":
         face = face + seam_correction(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
         return face, region.alpha
@@ -146,7 +148,7 @@ def blended_face(
         scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) * size / aligned_size
         face = laplacian_blend(matched_detail(face, behind.float(), alpha > 0.5, scale), behind.float(), alpha, levels)
         # Low bands spread a little past the shared region; what lies there is the photo's own, resampled.
-        support = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), FEATHER) * bound
+        support = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), SUPPORT_SOFTNESS) * bound
         return face, support
     return face, region.alpha
 

@@ -16,6 +16,7 @@ from anonymixer.blending import (
     matched_detail,
     push_pull,
     seam_correction,
+    shading_plane,
 )
 from anonymixer.face_region import MASK_SIZE, ellipse, lab_to_rgb, resized, rgb_to_lab, shared_face
 from anonymixer.paste_back import FaceMask, paste_face
@@ -144,3 +145,15 @@ def test_a_smooth_generated_face_gets_its_own_detail_raised_to_the_photos() -> N
     added = raised - face
     assert torch.corrcoef(torch.stack([added.flatten(), (behind - 128).flatten()]))[0, 1].abs() < 0.05
     assert torch.equal(matched_detail(behind, face, where, scale=1.0), behind)  # never made smoother
+
+
+def test_the_shading_plane_recovers_light_from_one_side_and_nothing_finer() -> None:
+    ring = torch.zeros(MASK_SIZE, MASK_SIZE, dtype=torch.bool)
+    ring[10:118:3, 10:118:3] = True
+    u = ((torch.arange(MASK_SIZE) + 0.5) / MASK_SIZE * 2 - 1)[None, :].expand(MASK_SIZE, MASK_SIZE)
+    face = torch.full((3, MASK_SIZE, MASK_SIZE), 150.0)
+    lit = face + torch.stack([10 * u, 5 * u, 0 * u]) + 8 * torch.rand(3, MASK_SIZE, MASK_SIZE)  # a slope and grain
+    plane = shading_plane(face, lit, ring, 256)
+    assert plane.shape == (3, 256, 256)
+    assert plane[0, :, -1].mean() - plane[0, :, 0].mean() == pytest.approx(20, abs=1)  # the slope, across
+    assert plane[2].std() < 0.5 and plane[:, :, 128].std(1).max() < 0.5  # flat where the light is, no grain
