@@ -145,12 +145,17 @@ def blended_face(
         alpha = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
         behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
         levels = max(1, int(np.log2(size / 32)) + 1)  # down to a 32 px face: colour blends over the whole face
-        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) * size / aligned_size
+        scale = pixels_per_photo_pixel(matrix, size, aligned_size)
         face = laplacian_blend(matched_detail(face, behind.float(), alpha > 0.5, scale), behind.float(), alpha, levels)
         # Low bands spread a little past the shared region; what lies there is the photo's own, resampled.
         support = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), SUPPORT_SOFTNESS) * bound
         return face, support
     return face, region.alpha
+
+
+def pixels_per_photo_pixel(matrix: np.ndarray, size: int, aligned_size: int) -> float:
+    """How many pixels of a ``size`` px image of the aligned frame one photo pixel spans."""
+    return float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) * size / aligned_size
 
 
 def rescaled(matrix: np.ndarray, scale: float) -> np.ndarray:
@@ -180,7 +185,7 @@ def paste_face(
         return
     x0, y0, x1, y1 = box
     # Shrink the face to about the photo's scale first: sampling a 1024 px face at 200 px aliases.
-    per_photo_pixel = float(np.sqrt(abs(np.linalg.det(matrix[:, :2])))) * face.shape[-1] / aligned_size
+    per_photo_pixel = pixels_per_photo_pixel(matrix, face.shape[-1], aligned_size)
     if per_photo_pixel > OVERSAMPLING:
         side = int(np.ceil(face.shape[-1] * OVERSAMPLING / per_photo_pixel))
         face = F.interpolate(face[None], size=(side, side), mode="area")[0]
