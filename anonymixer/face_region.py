@@ -176,12 +176,13 @@ RING = 5  # px of MASK_SIZE: the width of the band the colours are matched on
 
 
 def shared_face(
-    original: np.ndarray, generated: np.ndarray, template_256: np.ndarray, bound: torch.Tensor
+    original_small: torch.Tensor, generated_small: torch.Tensor, template_256: np.ndarray, bound: torch.Tensor
 ) -> SharedFace:
-    """Where ``generated`` replaces ``original`` (both HWC aligned faces of any size): the skin both
-    faces share inside ``bound`` (bool [MASK_SIZE, MASK_SIZE], the outer ellipse), plus the inner face."""
+    """Where the generated face replaces the original (both aligned, as :func:`resized` copies [3,
+    MASK_SIZE, MASK_SIZE]): the skin both faces share inside ``bound`` (bool [MASK_SIZE, MASK_SIZE],
+    the outer ellipse), plus the inner face."""
     geometry = FaceGeometry.of(template_256)
-    faces = [face_of(rgb_to_lab(resized(image, MASK_SIZE)), geometry, bound) for image in (original, generated)]
+    faces = [face_of(rgb_to_lab(small), geometry, bound) for small in (original_small, generated_small)]
     # Eyes, brows, nose and mouth are replaced where either face is (make-up, glasses, a beard):
     # identity lives there (benchmarks/paste_back_quality.py: without it the composites' MobileFaceNet
     # score rose to the match threshold).

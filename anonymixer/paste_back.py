@@ -132,11 +132,11 @@ def blended_face(
     soft_bound = torch.from_numpy(how.bound.alpha(coords[None, :].numpy(), coords[:, None].numpy(), aligned_size))
     # A cell in from the ellipse: the alpha is interpolated between cells and must stay inside it.
     bound = erode(soft_bound > 0, 1)
-    region = shared_face(original, generated, how.template, bound)
+    original_small, generated_small = resized(original, MASK_SIZE), resized(generated, MASK_SIZE)
+    region = shared_face(original_small, generated_small, how.template, bound)
     face = torch.from_numpy(np.ascontiguousarray(generated)).permute(2, 0, 1).float()
-    original_small = resized(original, MASK_SIZE)
     if how.colour_match:
-        face = match_colour(face, resized(generated, MASK_SIZE), original_small, region.ring)
+        face = match_colour(face, generated_small, original_small, region.ring)
         face = face + shading_plane(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
     if how.blend == "membrane":
         face = face + seam_correction(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)

@@ -56,7 +56,7 @@ def test_lab_round_trip_and_white() -> None:
 
 def test_the_shared_face_stays_inside_both_faces_and_covers_the_inner_face() -> None:
     original, generated = synthetic_face(2.0), synthetic_face(2.6, size=512, seed=1)  # the generated face is wider
-    region = shared_face(original, generated, FFHQ_TEMPLATE_256, bound_mask())
+    region = shared_face(resized(original, MASK_SIZE), resized(generated, MASK_SIZE), FFHQ_TEMPLATE_256, bound_mask())
     small = resized(original, MASK_SIZE).permute(1, 2, 0).numpy()
     generated_small = resized(generated, MASK_SIZE).permute(1, 2, 0).numpy()
     background = np.abs(small - LAVENDER).sum(2) < 30
@@ -71,7 +71,7 @@ def test_the_shared_face_stays_inside_both_faces_and_covers_the_inner_face() -> 
 
 def test_a_generated_face_narrower_than_the_photos_leaves_its_background_out() -> None:
     original, generated = synthetic_face(2.6), synthetic_face(2.0)  # still wider than the inner face
-    region = shared_face(original, generated, FFHQ_TEMPLATE_256, bound_mask())
+    region = shared_face(resized(original, MASK_SIZE), resized(generated, MASK_SIZE), FFHQ_TEMPLATE_256, bound_mask())
     generated_small = resized(generated, MASK_SIZE).permute(1, 2, 0).numpy()
     lavender = torch.from_numpy(np.abs(generated_small - LAVENDER).sum(2) < 30)
     assert region.alpha[lavender].max() == 0
@@ -80,9 +80,9 @@ def test_a_generated_face_narrower_than_the_photos_leaves_its_background_out() -
 def test_colour_and_seam_bring_the_generated_skin_to_the_photos() -> None:
     original = synthetic_face(2.0)
     generated = synthetic_face(2.0, skin=(170, 135, 120), seed=2)  # paler, greyer skin
-    region = shared_face(original, generated, FFHQ_TEMPLATE_256, bound_mask())
-    face = torch.from_numpy(generated).permute(2, 0, 1).float()
     original_small, generated_small = resized(original, MASK_SIZE), resized(generated, MASK_SIZE)
+    region = shared_face(original_small, generated_small, FFHQ_TEMPLATE_256, bound_mask())
+    face = torch.from_numpy(generated).permute(2, 0, 1).float()
     matched = match_colour(face, generated_small, original_small, region.ring)
     matched_small = resized(matched.permute(1, 2, 0), MASK_SIZE)
     before = (generated_small - original_small)[:, region.ring].mean(1).abs().max()
