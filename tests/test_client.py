@@ -30,6 +30,7 @@ from anonymixer_client import (
     Key,
     ModelUnavailableError,
     ProtectedFace,
+    ProtectedScene,
     ServerUnavailableError,
     ServiceBusyError,
     Template,
@@ -295,6 +296,27 @@ def test_async_client(triton_server: EmbeddedTritonServer) -> None:
 
     result, template = asyncio.run(run())
     assert len(result) == 3 and template.images == 2
+
+
+def test_async_scene_is_the_sync_scene(triton_server: EmbeddedTritonServer, client: AnonymixerClient) -> None:
+    from anonymixer.samples import builtin_photos
+
+    photo = builtin_photos()[0][1]
+
+    async def run() -> ProtectedScene:
+        async with AsyncAnonymixerClient(triton_server.grpc_url, timeout_s=120) as c:
+            return await c.protect_scene(photo, KEY, steps=1)
+
+    scene = asyncio.run(run())
+    assert scene.data == client.protect_scene(photo, KEY, steps=1).data
+    assert [f.action for f in scene.faces] == ["protected"]
+    with pytest.raises(InvalidInputError, match="cannot be decoded"):
+        asyncio.run(AsyncAnonymixerClient(triton_server.grpc_url).protect_scene(b"junk", KEY))
+
+
+def test_health_names_the_models_versions(client: AnonymixerClient) -> None:
+    health = client.health()
+    assert health["model_versions"] == {"anonymixer": ["1"], "anonymixer_scene": ["1"]}
 
 
 def test_client_metrics(triton_server: EmbeddedTritonServer) -> None:

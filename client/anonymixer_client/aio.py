@@ -11,15 +11,27 @@ import tritonclient.grpc.aio as grpcaio
 
 from anonymixer_client.client import DEFAULT_THRESHOLD, enrolled, verification
 from anonymixer_client.errors import AnonymixerError, ModelNotReadyError, RetryBudget, backoff, map_error
-from anonymixer_client.types import ImageLike, KeyLike, ProtectedFace, Template, Vector, Verification, encode_image
+from anonymixer_client.types import (
+    ImageLike,
+    Key,
+    KeyLike,
+    ProtectedFace,
+    ProtectedScene,
+    Template,
+    Vector,
+    Verification,
+    encode_image,
+)
 from anonymixer_client.wire import (
     API_KEY_HEADER,
     MODEL,
+    SCENE_MODEL,
     build_inputs,
     channel_args,
     in_input_order,
     normalise_keys,
     parse_faces,
+    parse_scene,
     plan_chunks,
 )
 
@@ -156,3 +168,17 @@ class AsyncAnonymixerClient:
         self, image: ImageLike, key: KeyLike, template: Template | Vector, *, threshold: float = DEFAULT_THRESHOLD
     ) -> Verification:
         return verification((await self.protect([image], key))[0], template, threshold)
+
+    async def protect_scene(self, image: ImageLike, key: KeyLike, *, steps: int | None = None) -> ProtectedScene:
+        """A whole photo with every face protected (or blurred, if too small), and what was found.
+        Cancelling the awaiting task cancels the call on the server too (its refinement stops)."""
+        inputs = build_inputs(grpcaio, [encode_image(image)], [Key.of(key).reveal()], None, steps)
+
+        async def attempt(seconds: float) -> ProtectedScene:
+            try:
+                result = await self._grpc().infer(SCENE_MODEL, inputs, client_timeout=seconds, headers=self.headers)
+            except Exception as exc:
+                raise map_error(exc) from None
+            return parse_scene(result)
+
+        return await self._retrying(attempt)

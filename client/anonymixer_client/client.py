@@ -254,21 +254,25 @@ class AnonymixerClient:
             polls += 1
 
     def health(self) -> dict[str, Any]:
-        """Server and service-model readiness, versions and batch settings. (The repository index is
-        not open to callers: ``anonymixer serve`` restricts it to its supervisor.)"""
+        """Server and service-model readiness, the server's and the ready models' versions, and batch
+        settings. (The repository index is not open to callers: ``anonymixer serve`` restricts it to
+        its supervisor.)"""
         grpc = self._grpc()
         meta = self._call(grpc.get_server_metadata, as_json=True)
-        models = {}
+        models, versions = {}, {}
         for name in (MODEL, SCENE_MODEL):
             try:
                 models[name] = "READY" if self._call(grpc.is_model_ready, name) else "UNAVAILABLE"
             except AnonymixerError:
                 models[name] = "NOT SERVED"
+            if models[name] == "READY":
+                versions[name] = list(self._call(grpc.get_model_metadata, name, as_json=True).get("versions", []))
         info: dict[str, Any] = {
             "server": meta.get("name"),
             "version": meta.get("version"),
             "ready": bool(self._call(grpc.is_server_ready)),
             "models": models,
+            "model_versions": versions,
         }
         if models[MODEL] == "READY":
             config = self._call(grpc.get_model_config, MODEL, as_json=True)["config"]
