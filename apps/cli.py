@@ -1,11 +1,14 @@
-"""``anonymixer``: run the service (``serve``) or the end-to-end demo against it (``demo``).
+"""``anonymixer``: run the service (``serve``), the end-to-end demo against it (``demo``) or the
+browser front end (``ui``).
 
     anonymixer serve [--repository DIR | --profile tiny|ffhq1024|mobile1024 [--weights DIR]] …
     anonymixer demo  [--profile mobile1024|tiny|ffhq1024 [--weights DIR]] [--faces FILE_OR_DIR…]
                      [--pair PHOTO PHOTO] [--scenes PHOTO…] [--keys K1 K2] [--steps N] [--out out/demo]
+    anonymixer ui    [--server HOST:PORT [--metrics-url URL] [TLS and API-key flags] | --profile …]
+                     [--host 127.0.0.1] [--port 7860]
 
 ``anonymixer <command> --help`` lists every option; ``serve`` is :mod:`optimizer_backend.serve`,
-``demo`` is :mod:`apps.demo`.
+``demo`` is :mod:`apps.demo`, ``ui`` is :mod:`apps.ui` (the page itself: :mod:`webui`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import sys
 
 from anonymixer.bundle import BundleError
-from apps import demo
+from apps import demo, ui
 from exporter.cache import MissingInputError
 from optimizer_backend import serve
 
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_arguments(sub.add_parser("serve", help="start the Triton server under the supervisor"))
     add_demo_arguments(sub.add_parser("demo", help="protect sample faces and photos end to end"))
+    ui.add_arguments(sub.add_parser("ui", help="the browser front end, on a running service or the embedded one"))
     return parser
 
 

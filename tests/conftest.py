@@ -104,3 +104,18 @@ def triton_server(triton_repository: Path):
 
     with EmbeddedTritonServer(triton_repository) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def ui_page(triton_server):
+    """The browser front end (webui) on a free loopback port, speaking to the tiny server; closed at
+    the end. Skips without the `ui` extra."""
+    pytest.importorskip("gradio", reason="the browser UI needs the ui extra: pip install -e '.[ui]'")
+    from optimizer_backend.server import free_ports
+    from webui.app import build, launch
+    from webui.connection import Connection
+
+    page = build(Connection(triton_server.grpc_url, timeout_s=120, metrics_url=triton_server.metrics_url))
+    url = launch(page, "127.0.0.1", free_ports(1)[0], block=False)
+    yield url.rstrip("/")
+    page.close()

@@ -12,7 +12,16 @@ import pytest
 
 from tests.conftest import REPO
 
-PROJECT = {"anonymixer", "exporter", "optimizer_backend", "evaluation", "apps", "benchmarks", "anonymixer_client"}
+PROJECT = {
+    "anonymixer",
+    "exporter",
+    "optimizer_backend",
+    "evaluation",
+    "apps",
+    "benchmarks",
+    "anonymixer_client",
+    "webui",
+}
 # package → the project packages it may import (itself included); nothing may import benchmarks
 ALLOWED = {
     "anonymixer": {"anonymixer"},  # the core imports nothing of the project above it
@@ -20,14 +29,16 @@ ALLOWED = {
     "optimizer_backend": {"anonymixer", "exporter", "optimizer_backend"},  # the Triton adapter and the launcher
     "anonymixer_client": {"anonymixer_client"},
     "evaluation": {"anonymixer", "exporter", "anonymixer_client", "evaluation"},
-    "apps": {"anonymixer", "exporter", "optimizer_backend", "anonymixer_client", "apps"},
+    "webui": {"anonymixer_client", "webui"},  # the browser front end: a client like any other
+    "apps": {"anonymixer", "exporter", "optimizer_backend", "anonymixer_client", "webui", "apps"},
     "benchmarks": PROJECT,
 }
 # folder → the package it holds
 FOLDERS = {p: p for p in ALLOWED if p != "anonymixer_client"} | {"client/anonymixer_client": "anonymixer_client"}
 # third-party modules only these packages may import
 ONLY_IN = {
-    "torch": set(ALLOWED) - {"anonymixer_client"},  # the client never imports torch
+    "torch": set(ALLOWED) - {"anonymixer_client", "webui"},  # the client and the page never import torch
+    "gradio": {"webui"},  # the page's toolkit: never a server dependency
     "matplotlib": {"evaluation", "benchmarks"},  # plots: not a server dependency
     # the wire format: the service is spoken to through anonymixer_client only (the repository
     # schema, tritonclient.grpc.model_config_pb2, is not the wire and is allowed to the server side)
@@ -69,6 +80,9 @@ def test_the_checker_catches_a_wrong_import() -> None:
     assert violations("evaluation", "from benchmarks.machine import describe\n")  # upward
     assert violations("anonymixer", "def f():\n    from optimizer_backend import serve\n")  # even inside a function
     assert violations("anonymixer_client", "import torch\n")
+    assert violations("webui", "from anonymixer.keys import key_latent\n")  # the page is a client only
+    assert violations("webui", "import torch\n")
+    assert violations("apps", "import gradio as gr\n")  # gradio stays inside webui/
     assert violations("apps", "import tritonclient.grpc as grpcclient\n")  # the wire, not through the client
     assert violations("exporter", "from matplotlib import pyplot\n")
     assert not violations("exporter", "from tritonclient.grpc import model_config_pb2 as mc\n")  # the schema

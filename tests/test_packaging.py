@@ -48,14 +48,14 @@ def run_installed(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_wheel_holds_the_commands_and_not_the_benchmarks(installed: Path) -> None:
     packages = {p.name for p in installed.iterdir() if (p / "__init__.py").exists()}
-    assert packages == {"anonymixer", "apps", "evaluation", "exporter", "optimizer_backend"}
+    assert packages == {"anonymixer", "apps", "evaluation", "exporter", "optimizer_backend", "webui"}
     (entry_points,) = installed.glob("anonymixer-*.dist-info/entry_points.txt")
     assert "anonymixer = apps.cli:main" in entry_points.read_text()
 
 
 def test_its_commands_run_from_the_wheel_alone(installed: Path) -> None:
     for args, expected in (
-        (["-c", "from apps.cli import main; main(['--help'])"], "{serve,demo}"),
+        (["-c", "from apps.cli import main; main(['--help'])"], "{serve,demo,ui}"),
         (["-c", "from apps.cli import main; main(['serve', '--help'])"], "--probe-timeout"),
         (["-m", "evaluation", "--help"], "--matchers"),
     ):
@@ -77,10 +77,12 @@ def test_the_gpu_image_copies_what_the_launcher_imports(installed: Path) -> None
     assert set(done.stdout.split()) <= copied
 
 
-def test_the_server_carries_no_plotting_library(installed: Path) -> None:
+def test_the_server_carries_no_plotting_library_nor_the_page(installed: Path) -> None:
+    """Plots and the browser front end (gradio, the ui extra) are never server dependencies."""
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert not [d for d in dependencies if d.startswith(("matplotlib", "seaborn", "plotly"))]
+    assert not [d for d in dependencies if d.startswith(("matplotlib", "seaborn", "plotly", "gradio"))]
     server = "apps.cli, optimizer_backend.serve, optimizer_backend.anonymixer_model, optimizer_backend.scene_model"
-    done = run_installed(installed, "-c", f"import sys, {server}; print('matplotlib' in sys.modules)")
+    loaded = "[m for m in ('matplotlib', 'gradio') if m in sys.modules]"
+    done = run_installed(installed, "-c", f"import sys, {server}; print({loaded})")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "[]"
