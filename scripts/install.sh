@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates the virtual environment (default .venv) and installs the server side with its test, demo
-# and eval extras. torch comes first: the CPU build where no NVIDIA GPU is present (a plain PyPI
+# Creates the virtual environment (default .venv) and installs the server side with its test, demo,
+# eval and ui extras. torch comes first: the CPU build where no NVIDIA GPU is present (a plain PyPI
 # `torch` is the multi-GB CUDA build), the default build where one is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
             || "${PIP[@]}" "torch==$TORCH_VERSION"                            # CPU build, else default
     fi
 fi
-"${PIP[@]}" -e ".[test,demo,eval]" -e "./client[metrics]"   # the client installs on its own too
+"${PIP[@]}" -e ".[test,demo,eval,ui]" -e "./client[metrics]"   # the client installs on its own too
 # The MTCNN face detector's weights ship inside this wheel; its code and stale pins are not used.
 "${PIP[@]}" --no-deps "facenet-pytorch==2.6.0"
 # The mobile1024 generator (MobileStyleGAN-FFHQ, OpenVINO IR files) ships inside this wheel; only its
@@ -49,6 +49,15 @@ if ! command -v g++ >/dev/null 2>&1; then
         apt-get update -qq && apt-get install -y -qq g++ >/dev/null
     else
         echo "warning: torch.compile needs a C++ compiler (apt-get install g++); without one mobile1024 cannot load" >&2
+    fi
+fi
+# The browser test of the UI (tests/test_ui_browser.py) drives Debian's chromium through its own
+# chromedriver: a browser from the system's packages, never one a tool downloads.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "warning: the UI's browser test needs chromium and chromedriver (apt-get install chromium chromium-driver); it skips without them" >&2
     fi
 fi
 echo "installed into $VENV: $("$VENV/bin/python" -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)')"

@@ -45,7 +45,7 @@ def build(connection: Connection) -> gr.Blocks:
         template = gr.State(None, time_to_live=SESSION_TTL_S)
         with gr.Row():
             typed = gr.Textbox(label="Key", type="password", placeholder="your secret key", elem_id="key")
-            key_file = gr.File(label="…or a key file", type="filepath", elem_id="key-file")
+            key_file = gr.File(label="…or a key file", type="filepath", height=110, elem_id="key-file")
             key_note = gr.Markdown(elem_id="key-note")
         key_file.upload(load_key_file, key_file, [loaded, key_file, key_note], api_visibility="private")
 
@@ -58,7 +58,9 @@ def build(connection: Connection) -> gr.Blocks:
             with gr.Row():
                 protect_button = gr.Button("Protect", variant="primary", elem_id="protect")
                 protect_stop = gr.Button("Stop", elem_id="protect-stop")
-            faces = gr.Gallery(label="Original | protected", columns=2, format="png", elem_id="faces")
+            faces = gr.Gallery(
+                label="Original | protected", columns=2, height=520, object_fit="contain", format="png", elem_id="faces"
+            )
             scores = gr.Markdown(elem_id="scores")
             enrolled_note = gr.Markdown(elem_id="enrolled")
             with gr.Row():
