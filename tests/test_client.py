@@ -513,3 +513,24 @@ def test_client_installs_without_torch() -> None:
     names = {item["metadata"]["name"].lower() for item in json.loads(done.stdout)["install"]}
     assert {"anonymixer-client", "tritonclient", "numpy", "pillow"} <= names
     assert not {n for n in names if n.startswith(("torch", "nvidia-"))}
+
+
+def test_cancelling_an_async_call_stops_its_refinement(triton_server: EmbeddedTritonServer) -> None:
+    """What the browser UI's Stop does: the task awaiting the call is cancelled, the gRPC request
+    with it, and the server's loop stops early, so the next call is not stuck behind 500 steps."""
+    image = faces(1, seed=29)[0]
+
+    async def run() -> tuple[float, float]:
+        async with AsyncAnonymixerClient(triton_server.grpc_url, timeout_s=120) as c:
+            start = time.perf_counter()
+            await c.protect([image], KEY, steps=20)
+            twenty = time.perf_counter() - start
+            long = asyncio.ensure_future(c.protect([image], KEY, steps=500))
+            await asyncio.sleep(1.0)
+            long.cancel()
+            start = time.perf_counter()
+            await c.protect([image], KEY, steps=1)
+            return twenty, time.perf_counter() - start
+
+    twenty, after = asyncio.run(run())
+    assert after < 3 * twenty  # measured 0.2 s after a 1.3 s 20-step call; 14 s without the cancel
