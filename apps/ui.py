@@ -6,6 +6,7 @@ API-key flags are the client CLI's own and pass through to every call."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,11 @@ def connection(args: argparse.Namespace, url: str, metrics_url: str | None) -> C
     )
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a container stopping) ends the page as Ctrl-C does, so the embedded server is stopped too."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         from webui.app import build, launch
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if exc.name and exc.name.split(".")[0] in ("gradio", "gradio_client"):
             raise SystemExit(MISSING_GRADIO) from None
         raise
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     if args.server:
         launch(build(connection(args, args.server, args.metrics_url)), args.host, args.port)
         return 0

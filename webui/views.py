@@ -48,7 +48,9 @@ async def with_progress(call: Awaitable[T], progress: gr.Progress, what: str) ->
     started = time.monotonic()
     try:
         while True:
-            progress(None, desc=f"{what} — {time.monotonic() - started:.0f} s")
+            # seconds as steps of unknown total: Gradio shows the count with its unit (but no desc) and no
+            # made-up percentage; a bare desc, without a count, is not shown at all
+            progress((round(time.monotonic() - started), None), unit=f"s · {what}")
             done, _ = await asyncio.wait({task}, timeout=TICK_S)
             if done:
                 return task.result()
