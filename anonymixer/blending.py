@@ -15,14 +15,16 @@ All images are float RGB tensors in 0–255, channels first.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anonymixer.face_region import gaussian_blur, lab_to_rgb, rgb_to_lab
+from anonymixer.face_region import gaussian_blur, gaussian_kernel, lab_to_rgb, rgb_to_lab
 
 CONTRAST_LIMITS = (0.5, 2.0)  # the generated face's L*a*b* spread is scaled by at most this much
 DETAIL_LIMIT = 2.5  # the generated face's fine detail is amplified by at most this much
 DETAIL_SIGMA = 1.5  # photo px: the fine detail is what a blur of this σ removes
+GRAIN_LIMIT = 12.0  # the grain's largest standard deviation (0–255): a noisy photo is not matched with snow
 SEAM_CELL = 4  # px of the small copy (3 % of the frame): the seam correction's finest detail
 SEAM_LIMIT = 40.0  # the seam correction's largest value per channel (0–255): a wrong ring must not paint
 
@@ -121,6 +123,42 @@ def matched_detail(face: torch.Tensor, behind: torch.Tensor, where: torch.Tensor
     if gain == 1.0:
         return face
     return face + (gain - 1) * (face - gaussian_blur(face, DETAIL_SIGMA * max(scale, 1.0)))
+
+
+def white_noise_energy(sigma: float) -> float:
+    """:func:`fine_energy` of unit white Gaussian noise: E|n − blur(n)| = √(2/π)·√(1 − 2k₀ + Σk²)."""
+    kernel = gaussian_kernel(sigma).double()
+    centre, power = kernel[len(kernel) // 2] ** 2, (kernel**2).sum() ** 2
+    return float(np.sqrt(2 / np.pi) * torch.sqrt(1 - 2 * centre + power))
+
+
+def grain_strength(pasted: torch.Tensor, photo: torch.Tensor, where: torch.Tensor) -> float:
+    """The standard deviation (0–255) of the grain that, added to each pixel of ``pasted`` (the face
+    as sampled into the photo, [3, h, w]), gives it the fine energy of ``photo`` (the same pixels)
+    over ``where`` [h, w]: a camera's noise, which a generator does not draw and the resampling
+    smooths. Fine energies of independent signals add in quadrature."""
+    if where.sum() < 16:
+        return 0.0
+    want = float(fine_energy(photo, where, DETAIL_SIGMA))
+    have = float(fine_energy(pasted, where, DETAIL_SIGMA))
+    return min(float(np.sqrt(max(want**2 - have**2, 0.0))) / white_noise_energy(DETAIL_SIGMA), GRAIN_LIMIT)
+
+
+def pixel_noise(seed: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Standard normal noise (float32, the shape of ``rows``/``cols``) that is a function of each
+    pixel's coordinates and ``seed`` alone: a photo pasted in bands gets the same grain as in one
+    pass. A counter-based generator (splitmix64's mixer, then Box–Muller)."""
+
+    def mixed(z: np.ndarray) -> np.ndarray:
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    counter = (rows.astype(np.uint64) << np.uint64(32)) | cols.astype(np.uint64)
+    bits = mixed(counter ^ mixed(np.full_like(counter, seed & 0xFFFFFFFFFFFFFFFF) + np.uint64(0x9E3779B97F4A7C15)))
+    u1 = ((bits >> np.uint64(40)).astype(np.float64) + 0.5) / 2**24
+    u2 = ((bits & np.uint64(0xFFFFFF)).astype(np.float64) + 0.5) / 2**24
+    return (np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)
 
 
 def shading_plane(

@@ -11,6 +11,7 @@ they stay bit-identical. The choices are measured by ``python -m benchmarks.past
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from anonymixer.alignment import apply, invert, map_pixels, reframe, warp_photo
-from anonymixer.blending import laplacian_blend, match_colour, matched_detail, seam_correction, shading_plane
+from anonymixer.blending import (
+    grain_strength,
+    laplacian_blend,
+    match_colour,
+    matched_detail,
+    pixel_noise,
+    seam_correction,
+    shading_plane,
+)
 from anonymixer.face_region import MASK_SIZE, dilate, erode, gaussian_blur, resized, shared_face
 
 
@@ -116,6 +125,14 @@ class PasteBack:
 BLENDS = ("membrane", "laplacian", "feather")
 
 
+@dataclass(frozen=True)
+class Grain:
+    """Luminance noise added to the pasted face at each photo pixel (:func:`grain_strength`)."""
+
+    std: float  # 0–255
+    seed: int  # from the protected face's own pixels: two photos never share a grain pattern
+
+
 def blended_face(
     photo: np.ndarray,
     original: np.ndarray,
@@ -123,10 +140,11 @@ def blended_face(
     matrix: np.ndarray,
     aligned_size: int,
     how: PasteBack,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The generated face made to agree with the photo (float [3, R, R], 0–255) and where it is
-    pasted (float [S, S] in [0, 1], the aligned frame at any resolution S): ``original`` is the
-    aligned input (uint8, any size), ``generated`` the protected face (uint8 [R, R, 3])."""
+) -> tuple[torch.Tensor, torch.Tensor, Grain]:
+    """The generated face made to agree with the photo (float [3, R, R], 0–255), where it is
+    pasted (float [S, S] in [0, 1], the aligned frame at any resolution S) and the grain it needs
+    at the photo's pixels: ``original`` is the aligned input (uint8, any size), ``generated`` the
+    protected face (uint8 [R, R, 3])."""
     size = generated.shape[0]
     coords = (torch.arange(MASK_SIZE, dtype=torch.float64) + 0.5) * (aligned_size / MASK_SIZE) - 0.5
     soft_bound = torch.from_numpy(how.bound.alpha(coords[None, :].numpy(), coords[:, None].numpy(), aligned_size))
@@ -138,19 +156,25 @@ def blended_face(
     if how.colour_match:
         face = match_colour(face, generated_small, original_small, region.ring)
         face = face + shading_plane(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
+    behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
+    behind = behind.float()
+    scale = pixels_per_photo_pixel(matrix, size, aligned_size)
+    full = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    inside = full > 0.5
     if how.blend == "membrane":
         face = face + seam_correction(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
-        return face, region.alpha
-    if how.blend == "laplacian":
-        alpha = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
+        alpha = region.alpha
+    elif how.blend == "laplacian":
         levels = max(1, int(np.log2(size / 32)) + 1)  # down to a 32 px face: colour blends over the whole face
-        scale = pixels_per_photo_pixel(matrix, size, aligned_size)
-        face = laplacian_blend(matched_detail(face, behind.float(), alpha > 0.5, scale), behind.float(), alpha, levels)
-        # Low bands spread a little past the shared region; what lies there is the photo's own, resampled.
-        support = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), SUPPORT_SOFTNESS) * bound
-        return face, support
-    return face, region.alpha
+        face = laplacian_blend(matched_detail(face, behind, inside, scale), behind, full, levels)
+        # Low bands spread a little past the shared region, but not past the photo's face: beyond
+        # its contour the generated skin's colour would glow over the background.
+        alpha = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), SUPPORT_SOFTNESS) * (bound & region.contour)
+    else:
+        alpha = region.alpha
+    seed = int.from_bytes(hashlib.blake2b(np.ascontiguousarray(generated).tobytes(), digest_size=8).digest(), "little")
+    std = measured_grain(photo, face, alpha, matrix, aligned_size) if how.colour_match else 0.0
+    return face, alpha, Grain(std, seed)
 
 
 def pixels_per_photo_pixel(matrix: np.ndarray, size: int, aligned_size: int) -> float:
@@ -163,13 +187,61 @@ def rescaled(matrix: np.ndarray, scale: float) -> np.ndarray:
     return np.vstack([matrix[0] * scale, matrix[1] * scale]) + np.array([[0, 0, 0.5 * scale - 0.5]] * 2)
 
 
-def paste_face(
+def photo_scale_face(face: torch.Tensor, matrix: np.ndarray, aligned_size: int) -> torch.Tensor:
+    """``face`` shrunk to about the photo's scale: sampling a 1024 px face at 200 px aliases."""
+    per_photo_pixel = pixels_per_photo_pixel(matrix, face.shape[-1], aligned_size)
+    if per_photo_pixel <= OVERSAMPLING:
+        return face
+    side = int(np.ceil(face.shape[-1] * OVERSAMPLING / per_photo_pixel))
+    return F.interpolate(face[None], size=(side, side), mode="area")[0]
+
+
+def sampled_face(
+    face: torch.Tensor, alpha: torch.Tensor, matrix: np.ndarray, aligned_size: int, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``face`` and ``alpha`` (the aligned frame, any resolutions) at the photo pixels of ``box``
+    (x0, y0, x1, y1): float [h, w, 3] and the weight [h, w] in [0, 1] (0 outside the frame)."""
+    x0, y0, x1, y1 = box
+    uv = map_pixels(matrix, x0, y0, x1, y1)
+    # Both images span the aligned frame exactly, so a normalised coordinate is 2(u+½)/A − 1
+    # whatever their resolutions.
+    grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1)[None]).float()
+    weight = F.grid_sample(alpha[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(face[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[0].permute(1, 2, 0).numpy(), weight[0, 0].clamp(0, 1).numpy()
+
+
+GRAIN_WINDOW = 256  # photo px: the largest side of the window at the face's centre where the grain is measured
+
+
+def measured_grain(
     photo: np.ndarray, face: torch.Tensor, alpha: torch.Tensor, matrix: np.ndarray, aligned_size: int
+) -> float:
+    """The grain (:func:`grain_strength`) the face needs, measured where it lands: a window at the
+    face's centre, at most :data:`GRAIN_WINDOW` and half the face wide, in the photo's own pixels."""
+    centre = apply(invert(matrix), np.array([[aligned_size / 2, aligned_size / 2]]))[0]
+    half = min(GRAIN_WINDOW, aligned_size / np.sqrt(abs(np.linalg.det(matrix[:, :2]))) / 2) / 2
+    box = footprint(np.array([centre - half, centre + half]), photo.shape)
+    if box is None:
+        return 0.0
+    x0, y0, x1, y1 = box
+    pasted, weight = sampled_face(photo_scale_face(face, matrix, aligned_size), alpha, matrix, aligned_size, box)
+    window = torch.tensor(photo[y0:y1, x0:x1]).permute(2, 0, 1).float()  # a copy: photos may be read-only
+    return grain_strength(torch.from_numpy(pasted).permute(2, 0, 1), window, torch.from_numpy(weight > 0.99))
+
+
+def paste_face(
+    photo: np.ndarray,
+    face: torch.Tensor,
+    alpha: torch.Tensor,
+    matrix: np.ndarray,
+    aligned_size: int,
+    grain: Grain | None = None,
 ) -> None:
     """Blend ``face`` (float [3, R, R], the aligned frame at any resolution) into ``photo`` (uint8
     [H, W, 3], changed in place) through ``alpha`` (float [S, S], the aligned frame at any
-    resolution) and ``matrix`` (photo → aligned frame of ``aligned_size``). Pixels where alpha is 0
-    are never written."""
+    resolution) and ``matrix`` (photo → aligned frame of ``aligned_size``), with ``grain`` added at
+    each photo pixel. Pixels where alpha is 0 are never written."""
     rows, cols = torch.nonzero(alpha > 0, as_tuple=True)
     if len(rows) == 0:
         return
@@ -184,23 +256,16 @@ def paste_face(
     if box is None:
         return
     x0, y0, x1, y1 = box
-    # Shrink the face to about the photo's scale first: sampling a 1024 px face at 200 px aliases.
-    per_photo_pixel = pixels_per_photo_pixel(matrix, face.shape[-1], aligned_size)
-    if per_photo_pixel > OVERSAMPLING:
-        side = int(np.ceil(face.shape[-1] * OVERSAMPLING / per_photo_pixel))
-        face = F.interpolate(face[None], size=(side, side), mode="area")[0]
+    face = photo_scale_face(face, matrix, aligned_size)
     # Band by band: a face filling a 40 M pixel photo would need gigabytes of coordinates at once.
     for top, bottom in strips(y0, y1, x1 - x0):
-        uv = map_pixels(matrix, x0, top, x1, bottom)
-        # Both images span the aligned frame exactly, so a normalised coordinate is 2(u+½)/A − 1
-        # whatever their resolutions; outside the frame alpha reads 0.
-        grid = torch.from_numpy((2 * (uv + 0.5) / aligned_size - 1)[None]).float()
-        weight = F.grid_sample(alpha[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        weight = weight[0, 0].clamp(0, 1).numpy()
+        content, weight = sampled_face(face, alpha, matrix, aligned_size, (x0, top, x1, bottom))
         if not (weight > 0).any():
             continue
-        sampled = F.grid_sample(face[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        blend(photo[top:bottom, x0:x1], sampled[0].permute(1, 2, 0).numpy(), weight)
+        if grain is not None and grain.std > 0:
+            rows_, cols_ = np.mgrid[top:bottom, x0:x1]
+            content = content + grain.std * pixel_noise(grain.seed, rows_, cols_)[..., None]
+        blend(photo[top:bottom, x0:x1], content, weight)
 
 
 def blur_face(photo: np.ndarray, box: np.ndarray, feather: float = 0.2, margin: float = 0.15) -> None:

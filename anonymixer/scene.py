@@ -46,7 +46,8 @@ class SceneConfig:
     # the template faces are aligned to (alignment.FRAMINGS); the repository sets the bundle's
     framing: str = E4E_FRAMING
     detect_max_side: int = 1600  # photos go to the detector downscaled to this long side
-    colour_match: bool = True  # the generated skin's colour made the photo's (L*a*b* over a ring of skin)
+    # the generated skin's colour made the photo's (L*a*b* over a ring of skin), its light and its grain
+    colour_match: bool = True
     blend: str = "laplacian"  # paste_back.BLENDS; chosen by benchmarks/paste_back_quality.py (docs/scene-mode.md)
     # the outer bound of what is pasted, given in the e4e frame; moved to ``framing``
     mask: FaceMask = field(default_factory=FaceMask)
@@ -139,8 +140,8 @@ def compose(
     for face, image in zip(chosen, protected, strict=True):
         assert face.matrix is not None and face.aligned is not None
         # Each face reads the photo as it was: a neighbour's pasted face is not its background.
-        content, alpha = blended_face(photo, face.aligned, image, face.matrix, config.aligned_size, how)
-        paste_face(out, content, alpha, face.matrix, config.aligned_size)
+        content, alpha, grain = blended_face(photo, face.aligned, image, face.matrix, config.aligned_size, how)
+        paste_face(out, content, alpha, face.matrix, config.aligned_size, grain)
     for face in faces:
         if face.action == "blurred":
             blur_face(out, face.detection)

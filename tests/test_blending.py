@@ -11,14 +11,25 @@ from anonymixer.blending import (
     DETAIL_LIMIT,
     DETAIL_SIGMA,
     fine_energy,
+    grain_strength,
     laplacian_blend,
     match_colour,
     matched_detail,
+    pixel_noise,
     push_pull,
     seam_correction,
     shading_plane,
 )
-from anonymixer.face_region import MASK_SIZE, ellipse, lab_to_rgb, resized, rgb_to_lab, shared_face
+from anonymixer.face_region import (
+    MASK_SIZE,
+    FaceGeometry,
+    dilate,
+    ellipse,
+    lab_to_rgb,
+    resized,
+    rgb_to_lab,
+    shared_face,
+)
 from anonymixer.paste_back import FaceMask, paste_face
 
 SKIN, LAVENDER, HAIR = (200, 150, 125), (150, 140, 200), (60, 40, 30)
@@ -75,6 +86,40 @@ def test_a_generated_face_narrower_than_the_photos_leaves_its_background_out() -
     generated_small = resized(generated, MASK_SIZE).permute(1, 2, 0).numpy()
     lavender = torch.from_numpy(np.abs(generated_small - LAVENDER).sum(2) < 30)
     assert region.alpha[lavender].max() == 0
+
+
+def test_the_inner_face_never_reaches_past_the_photos_contour() -> None:
+    # A narrow face in the photo (narrower than the inner face), a wide one generated: on a
+    # three-quarter view the generated cheek would otherwise lie over the photo's background.
+    original, generated = synthetic_face(1.6), synthetic_face(2.6, seed=1)
+    region = shared_face(resized(original, MASK_SIZE), resized(generated, MASK_SIZE), FFHQ_TEMPLATE_256, bound_mask())
+    small = resized(original, MASK_SIZE).permute(1, 2, 0).numpy()
+    geometry = FaceGeometry.of(FFHQ_TEMPLATE_256)
+    # the photo's background, away from the discs about the landmarks that always count as face
+    background = torch.from_numpy(np.abs(small - LAVENDER).sum(2) < 30) & ~dilate(geometry.features(), 1)
+    assert (geometry.inner_face() & background).any()  # the inner face does reach there
+    assert region.alpha[background].max() == 0 and not region.contour[background].any()
+    for x, y in (FFHQ_TEMPLATE_256 + 0.5) * MASK_SIZE / 256 - 0.5:
+        assert region.alpha[round(y), round(x)] > 0.95  # eyes, nose, mouth still replaced (near this edge: soft)
+
+
+def test_grain_depends_on_the_pixel_alone_and_brings_the_photos_fine_energy() -> None:
+    rows, cols = np.mgrid[100:228, 300:428]
+    noise = pixel_noise(7, rows, cols)
+    assert abs(float(noise.mean())) < 0.05 and float(noise.std()) == pytest.approx(1, abs=0.03)
+    assert np.array_equal(noise[40:90, 10:70], pixel_noise(7, rows[40:90, 10:70], cols[40:90, 10:70]))  # any band
+    assert not np.array_equal(noise, pixel_noise(8, rows, cols))  # another face, another pattern
+    neighbours = np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]
+    assert abs(neighbours) < 0.05  # white: one value per photo pixel
+    rng = np.random.default_rng(5)
+    photo = torch.from_numpy(rng.normal(128, 6, (3, 128, 128))).float()  # a grainy photo
+    smooth = torch.full((3, 128, 128), 140.0) + torch.linspace(0, 20, 128)  # a generated face: no grain
+    where = torch.ones(128, 128, dtype=torch.bool)
+    std = grain_strength(smooth, photo, where)
+    grained = smooth + std * torch.from_numpy(pixel_noise(3, rows, cols))
+    want = float(fine_energy(photo, where, DETAIL_SIGMA))
+    assert float(fine_energy(grained, where, DETAIL_SIGMA)) == pytest.approx(want, rel=0.05)
+    assert grain_strength(photo, smooth, where) == 0  # a face sharper than its photo gets none
 
 
 def test_colour_and_seam_bring_the_generated_skin_to_the_photos() -> None:
