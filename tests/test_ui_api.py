@@ -98,13 +98,16 @@ def test_service_report(page) -> None:
     ("content", "message"),
     [
         (b"not an image at all", "IMAGE item 0: cannot be decoded as an image"),
-        (None, "an aligned face must be square"),
+        ((80, 64), "IMAGE item 0: an aligned face must be square, got 80×64"),
+        ((5000, 5000), "IMAGE item 0: 5000×5000 is over the limit of 16000000 pixels"),
     ],
 )
-def test_bad_files_get_the_services_message(page, tmp_path: Path, content: bytes | None, message: str) -> None:
+def test_bad_files_get_the_services_message(
+    page, tmp_path: Path, content: bytes | tuple[int, int], message: str
+) -> None:
     path = tmp_path / "upload.png"
-    if content is None:
-        Image.new("RGB", (80, 64), (120, 90, 60)).save(path)
+    if isinstance(content, tuple):
+        Image.new("RGB", content, (120, 90, 60)).save(path)
     else:
         path.write_bytes(content)
     with pytest.raises(gradio_client.exceptions.AppError, match=message):
@@ -127,3 +130,45 @@ def test_tls_flags_need_a_running_service() -> None:
 
     with pytest.raises(SystemExit, match="give --server too"):
         main(["ui", "--ssl"])
+
+
+def test_a_photo_without_faces_says_so(page, tmp_path: Path) -> None:
+    path = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), (200, 200, 190)).save(path)
+    _, boxes, table = page.predict(gradio_client.handle_file(str(path)), KEY, api_name="/scene")
+    assert boxes["annotations"] == [] and table.startswith("No face found")
+
+
+def test_an_unreachable_service_is_named(tmp_path: Path, face_files: list[Path]) -> None:
+    from optimizer_backend.server import free_ports
+    from webui.app import build, launch
+    from webui.connection import Connection
+
+    dead = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    page = build(Connection(dead, timeout_s=20))
+    url = launch(page, "127.0.0.1", free_ports(1)[0], block=False)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        assert client.predict(api_name="/service").startswith(f"**Not reachable** at `{dead}`")
+        with pytest.raises(gradio_client.exceptions.AppError, match="the service is unreachable: failed to connect"):
+            client.predict([gradio_client.handle_file(str(face_files[0]))], KEY, api_name="/protect")
+        client.close()
+    finally:
+        page.close()
+
+
+def test_a_key_file_is_read_once_and_its_upload_removed(tmp_path: Path) -> None:
+    from anonymixer_client import Key
+    from webui.keys import NO_KEY, key_of, read_key_file
+
+    upload = tmp_path / "alice.key"
+    upload.write_bytes(b"alice's secret\n")
+    secret = read_key_file(str(upload))
+    assert secret == b"alice's secret" and not upload.exists()  # only the session holds it now
+    assert key_of("", secret) == Key(b"alice's secret") and key_of("typed", secret) == Key("typed")
+    with pytest.raises(ValueError, match=NO_KEY):
+        key_of("", None)
+    upload.write_bytes(b"\n")
+    with pytest.raises(ValueError, match="a key must be 1–1024 bytes, got 0"):
+        read_key_file(str(upload))
+    assert not upload.exists()

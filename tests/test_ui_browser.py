@@ -112,3 +112,22 @@ def test_a_non_image_shows_the_services_message(browser, ui_page: str, tmp_path:
     WebDriverWait(browser, WAIT_S).until(lambda d: message in d.find_element(By.TAG_NAME, "body").text)
     assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
     browser.save_screenshot(str(ARTIFACTS / "ui_error.png"))
+
+
+def test_a_key_file_enrolls_and_the_typed_key_verifies(browser, ui_page: str, tmp_path: Path) -> None:
+    photo, key_file = tmp_path / "face.png", tmp_path / "mine.key"
+    Image.fromarray(faces(1, seed=42)[0]).save(photo)
+    key_file.write_bytes(b"browser-test-key-3\n")
+    open_page(browser, ui_page)
+    browser.find_element(By.CSS_SELECTOR, "#key-file input[type=file]").send_keys(str(key_file))
+    note = "Key file loaded (18 bytes), kept for this browser session only."
+    WebDriverWait(browser, WAIT_S).until(lambda d: note in d.find_element(By.ID, "key-note").text)
+    upload(browser, "photos", photo)
+    browser.find_element(By.ID, "protect").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: "Enrolled" in d.find_element(By.ID, "enrolled").text)
+    type_key(browser, "browser-test-key-3")  # the file's key, typed: the same new face
+    upload(browser, "probe", photo)
+    browser.find_element(By.ID, "verify").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: "score" in d.find_element(By.ID, "verdict").text)
+    verdict = browser.find_element(By.ID, "verdict").text
+    assert re.match(r"score \+(0\.99\d|1\.000) — match \(threshold 0\.50\)", verdict), verdict

@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from anonymixer_client import AnonymixerError, ProtectedFace, ProtectedScene, Template
+from anonymixer_client import AnonymixerError, ProtectedFace, ProtectedScene, ServerUnavailableError, Template
 from anonymixer_client.client import DEFAULT_THRESHOLD, enrolled, verification
 from webui.connection import Connection
 from webui.keys import key_of
@@ -34,6 +34,8 @@ def user_errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Cor
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await handler(*args, **kwargs)
+        except ServerUnavailableError as exc:  # gRPC's own words name the address, not what it means
+            raise gr.Error(f"the service is unreachable: {exc}", print_exception=False) from None
         except (AnonymixerError, ValueError, OSError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 
