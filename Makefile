@@ -1,9 +1,10 @@
-# The two README commands: `make demo` (install + main job) and `make test` (install + tests).
+# The README commands: `make demo` (install + main job), `make ui` (install + the browser UI) and
+# `make test` (install + tests).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench
+.PHONY: install demo ui test test-slow lint bench
 
 $(STAMP): pyproject.toml client/pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -18,6 +19,10 @@ DEMO_SCENES := $(wildcard ../shared/data/faces/couple.jpg)
 
 demo: $(STAMP)
 	$(VENV)/bin/anonymixer demo --out out/demo $(if $(DEMO_PAIR),--pair $(DEMO_PAIR)) $(if $(DEMO_SCENES),--scenes $(DEMO_SCENES))
+
+# The browser UI on the embedded server (mobile1024, real weights): http://127.0.0.1:7860, Ctrl-C stops both.
+ui: $(STAMP)
+	$(VENV)/bin/anonymixer ui
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
