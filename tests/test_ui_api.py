@@ -172,3 +172,19 @@ def test_a_key_file_is_read_once_and_its_upload_removed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="a key must be 1–1024 bytes, got 0"):
         read_key_file(str(upload))
     assert not upload.exists()
+
+
+def test_the_clients_flags_pass_through_to_every_call(tmp_path: Path) -> None:
+    from apps.cli import build_parser
+    from apps.ui import connection
+
+    secret = tmp_path / "api.key"
+    secret.write_text("deployment-secret-9\n")
+    flags = ["--server", "svc:9001", "--ssl", "--root-certificates", "ca.pem", "--certificate", "me.pem"]
+    args = build_parser().parse_args(["ui", *flags, "--private-key", "me.key", "--api-key-file", str(secret)])
+    made = connection(args, args.server, "http://svc:9002/metrics")
+    assert "deployment-secret-9" not in repr(made)
+    for client in (made.async_client(), made.client()):
+        assert (client.url, client.ssl, client.root_certificates) == ("svc:9001", True, "ca.pem")
+        assert (client.certificate_chain, client.private_key) == ("me.pem", "me.key")
+        assert client.headers is not None and "deployment-secret-9" in client.headers.values()
