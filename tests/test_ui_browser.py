@@ -79,6 +79,30 @@ def protected_image(driver, url: str, previous: str | None = None) -> tuple[str,
         return src, np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"), dtype=np.int16)
 
 
+BROWSER_STORAGE = """
+const done = arguments[arguments.length - 1];
+const request = (r) => new Promise((ok, no) => { r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+(async () => {
+    let text = JSON.stringify({...localStorage}) + JSON.stringify({...sessionStorage});
+    for (const info of await indexedDB.databases()) {
+        const db = await request(indexedDB.open(info.name));
+        for (const store of db.objectStoreNames) {
+            text += JSON.stringify(await request(db.transaction(store).objectStore(store).getAll()));
+        }
+        db.close();
+    }
+    done(text);
+})().catch((error) => done("could not read the storage: " + error));
+"""
+
+
+def browser_storage(driver) -> str:
+    """What the page left in the browser: local and session storage and every IndexedDB record."""
+    text = driver.execute_async_script(BROWSER_STORAGE)
+    assert not text.startswith("could not read"), text
+    return text
+
+
 def test_protect_in_a_browser(browser, ui_page: str, tmp_path: Path) -> None:
     photo = tmp_path / "face.png"
     Image.fromarray(faces(1, seed=41)[0]).save(photo)
@@ -99,6 +123,7 @@ def test_protect_in_a_browser(browser, ui_page: str, tmp_path: Path) -> None:
     _, second = protected_image(browser, ui_page, previous=src)
     assert np.abs(second - first).mean() > 5  # another key, another face
     assert "browser-test-key" not in browser.page_source  # the key is never echoed
+    assert "browser-test-key" not in browser_storage(browser)  # nor kept in the browser (Gradio's run history)
 
 
 def test_a_non_image_shows_the_services_message(browser, ui_page: str, tmp_path: Path) -> None:
@@ -131,3 +156,4 @@ def test_a_key_file_enrolls_and_the_typed_key_verifies(browser, ui_page: str, tm
     WebDriverWait(browser, WAIT_S).until(lambda d: "score" in d.find_element(By.ID, "verdict").text)
     verdict = browser.find_element(By.ID, "verdict").text
     assert re.match(r"score \+(0\.99\d|1\.000) — match \(threshold 0\.50\)", verdict), verdict
+    assert "browser-test-key-3" not in browser.page_source + browser_storage(browser)

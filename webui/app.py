@@ -1,6 +1,7 @@
 """The page: a key bar over four tabs (Protect, Revoke, Whole photo, Service), and its launch.
 
-Security: the key fields are password fields and no output holds a key; an uploaded key file is
+Security: the key fields are password fields and no output holds a key, nor does the browser
+(Gradio's run history, which would save a call's inputs there, is off); an uploaded key file is
 read into the session's state and its copy on disk removed at once; per-session state (the key
 file's bytes, the enrolled template) expires after ``SESSION_TTL_S``; uploads and results in
 Gradio's cache are deleted an hour after they were made; nothing is shared between sessions.
@@ -128,6 +129,10 @@ def launch(page: gr.Blocks, host: str, port: int, *, block: bool = True) -> str:
         server_name=host,
         server_port=port,
         share=False,
+        # Gradio's run history saves every call's inputs, the typed key among them, in the browser
+        # (and can sync them to a Hugging Face bucket): off, which also deletes what it saved before
+        run_history=False,
+        mcp_server=False,
         prevent_thread_lock=not block,
         max_file_size=MAX_UPLOAD,
         quiet=not block,

@@ -20,8 +20,11 @@ def pending_requests(metrics_url: str, timeout_s: float = 5.0) -> dict[str, int]
     return {model: int(float(value)) for model, value in PENDING.findall(text)}
 
 
-def mean_ms(total_ns: int, count: int) -> str:
-    return f"{total_ns / count / 1e6:.0f} ms" if count else "–"
+def mean_time(total_ns: int, count: int) -> str:
+    if not count:
+        return "–"
+    seconds = total_ns / count / 1e9
+    return f"{seconds:.1f} s" if seconds >= 10 else f"{seconds * 1000:.0f} ms"
 
 
 def statistics_row(stats: ModelStatistics, pending: dict[str, int] | None) -> str:
@@ -29,7 +32,7 @@ def statistics_row(stats: ModelStatistics, pending: dict[str, int] | None) -> st
     queued = "–" if pending is None else str(pending.get(stats.model, 0))
     return (
         f"| `{stats.model}` | {stats.success_count} | {stats.inference_count} | {stats.execution_count} "
-        f"| {queued} | {mean_ms(stats.queue_ns, stats.success_count)} | {mean_ms(compute, stats.success_count)} |"
+        f"| {queued} | {mean_time(stats.queue_ns, stats.success_count)} | {mean_time(compute, stats.success_count)} |"
     )
 
 
