@@ -140,18 +140,20 @@ def blended_face(
     matrix: np.ndarray,
     aligned_size: int,
     how: PasteBack,
+    turn: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, Grain]:
     """The generated face made to agree with the photo (float [3, R, R], 0–255), where it is
     pasted (float [S, S] in [0, 1], the aligned frame at any resolution S) and the grain it needs
     at the photo's pixels: ``original`` is the aligned input (uint8, any size), ``generated`` the
-    protected face (uint8 [R, R, 3])."""
+    protected face (uint8 [R, R, 3]), ``turn`` how far the photo's face is turned
+    (:func:`~anonymixer.face_region.turn_of`)."""
     size = generated.shape[0]
     coords = (torch.arange(MASK_SIZE, dtype=torch.float64) + 0.5) * (aligned_size / MASK_SIZE) - 0.5
     soft_bound = torch.from_numpy(how.bound.alpha(coords[None, :].numpy(), coords[:, None].numpy(), aligned_size))
     # A cell in from the ellipse: the alpha is interpolated between cells and must stay inside it.
     bound = erode(soft_bound > 0, 1)
     original_small, generated_small = resized(original, MASK_SIZE), resized(generated, MASK_SIZE)
-    region = shared_face(original_small, generated_small, how.template, bound)
+    region = shared_face(original_small, generated_small, how.template, bound, turn)
     face = torch.from_numpy(np.ascontiguousarray(generated)).permute(2, 0, 1).float()
     if how.colour_match:
         face = match_colour(face, generated_small, original_small, region.ring)

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from anonymixer.alignment import E4E_FRAMING, FRAMINGS, framing_template, template_transform, warp_photo
+from anonymixer.alignment import E4E_FRAMING, FRAMINGS, apply, framing_template, template_transform, warp_photo
 from anonymixer.config import config_from_dict
+from anonymixer.face_region import turn_of
 from anonymixer.keys import SecretKey
 from anonymixer.paste_back import BLENDS, FaceMask, PasteBack, blended_face, blur_face, paste_face
 
@@ -140,7 +141,8 @@ def compose(
     for face, image in zip(chosen, protected, strict=True):
         assert face.matrix is not None and face.aligned is not None
         # Each face reads the photo as it was: a neighbour's pasted face is not its background.
-        content, alpha, grain = blended_face(photo, face.aligned, image, face.matrix, config.aligned_size, how)
+        turn = turn_of(apply(face.matrix, face.detection[5:].reshape(5, 2).astype(np.float64)))
+        content, alpha, grain = blended_face(photo, face.aligned, image, face.matrix, config.aligned_size, how, turn)
         paste_face(out, content, alpha, face.matrix, config.aligned_size, grain)
     for face in faces:
         if face.action == "blurred":

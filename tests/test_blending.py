@@ -22,6 +22,7 @@ from anonymixer.blending import (
 )
 from anonymixer.face_region import (
     MASK_SIZE,
+    TURN,
     FaceGeometry,
     dilate,
     ellipse,
@@ -29,6 +30,7 @@ from anonymixer.face_region import (
     resized,
     rgb_to_lab,
     shared_face,
+    turn_of,
 )
 from anonymixer.paste_back import FaceMask, paste_face
 
@@ -101,6 +103,21 @@ def test_the_inner_face_never_reaches_past_the_photos_contour() -> None:
     assert region.alpha[background].max() == 0 and not region.contour[background].any()
     for x, y in (FFHQ_TEMPLATE_256 + 0.5) * MASK_SIZE / 256 - 0.5:
         assert region.alpha[round(y), round(x)] > 0.95  # eyes, nose, mouth still replaced (near this edge: soft)
+
+
+def test_a_turned_faces_far_side_stops_at_its_far_eye_and_mouth_corner() -> None:
+    geometry = FaceGeometry.of(FFHQ_TEMPLATE_256)
+    assert abs(turn_of(FFHQ_TEMPLATE_256)) < 0.05  # the template looks straight ahead
+    turned = FFHQ_TEMPLATE_256.copy()
+    turned[2, 0] += 0.2 * (turned[1, 0] - turned[0, 0])  # the nose moved towards +x: the far side is +x
+    assert turn_of(turned) == pytest.approx(0.2 + turn_of(FFHQ_TEMPLATE_256), abs=1e-6)
+    straight, far = geometry.features(0.0), geometry.features(turn_of(turned))
+    assert torch.equal(geometry.features(TURN / 2), straight)  # a slight turn changes nothing
+    u = torch.arange(MASK_SIZE)[None, :].expand(MASK_SIZE, MASK_SIZE)
+    right_eye, right_mouth = geometry.landmarks[1], geometry.landmarks[4]
+    beyond_eye = (u > right_eye[0] + 0.26 * geometry.eye_distance) & (u > right_mouth[0] + 0.01)
+    assert straight[beyond_eye].any() and not far[beyond_eye].any()
+    assert torch.equal(far[:, : MASK_SIZE // 2], straight[:, : MASK_SIZE // 2])  # the near side is whole
 
 
 def test_grain_depends_on_the_pixel_alone_and_brings_the_photos_fine_energy() -> None:
