@@ -125,23 +125,27 @@ def matched_detail(face: torch.Tensor, behind: torch.Tensor, where: torch.Tensor
     return face + (gain - 1) * (face - gaussian_blur(face, DETAIL_SIGMA * max(scale, 1.0)))
 
 
-def white_noise_energy(sigma: float) -> float:
-    """:func:`fine_energy` of unit white Gaussian noise: E|n − blur(n)| = √(2/π)·√(1 − 2k₀ + Σk²)."""
-    kernel = gaussian_kernel(sigma).double()
+def noise_level(image: torch.Tensor, where: torch.Tensor) -> float:
+    """The standard deviation of white noise in the luminance (mean of the channels) of ``image``
+    [3, h, w] over ``where`` [h, w], from the median of its fine residual (what a blur of σ
+    :data:`DETAIL_SIGMA` removes): the median sees the noise of the many smooth pixels, not the
+    few edges of eyes and mouth, whose energy differs between any two faces."""
+    kernel = gaussian_kernel(DETAIL_SIGMA).double()
     centre, power = kernel[len(kernel) // 2] ** 2, (kernel**2).sum() ** 2
-    return float(np.sqrt(2 / np.pi) * torch.sqrt(1 - 2 * centre + power))
+    unit = 0.6745 * float(torch.sqrt(1 - 2 * centre + power))  # the median |residual| of unit noise
+    luminance = image.mean(0)
+    return float((luminance - gaussian_blur(luminance, DETAIL_SIGMA)).abs()[where].median()) / unit
 
 
 def grain_strength(pasted: torch.Tensor, photo: torch.Tensor, where: torch.Tensor) -> float:
-    """The standard deviation (0–255) of the grain that, added to each pixel of ``pasted`` (the face
-    as sampled into the photo, [3, h, w]), gives it the fine energy of ``photo`` (the same pixels)
-    over ``where`` [h, w]: a camera's noise, which a generator does not draw and the resampling
-    smooths. Fine energies of independent signals add in quadrature."""
+    """The standard deviation (0–255) of the grain that, added to the luminance of each pixel of
+    ``pasted`` (the face as sampled into the photo, [3, h, w]), gives it the noise of ``photo``
+    (the same pixels) over ``where`` [h, w]: a camera's noise, which a generator does not draw and
+    the resampling smooths. Independent noises add in quadrature."""
     if where.sum() < 16:
         return 0.0
-    want = float(fine_energy(photo, where, DETAIL_SIGMA))
-    have = float(fine_energy(pasted, where, DETAIL_SIGMA))
-    return min(float(np.sqrt(max(want**2 - have**2, 0.0))) / white_noise_energy(DETAIL_SIGMA), GRAIN_LIMIT)
+    want, have = noise_level(photo, where), noise_level(pasted, where)
+    return min(float(np.sqrt(max(want**2 - have**2, 0.0))), GRAIN_LIMIT)
 
 
 def pixel_noise(seed: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -175,7 +175,10 @@ def blended_face(
     else:
         alpha = region.alpha
     seed = int.from_bytes(hashlib.blake2b(np.ascontiguousarray(generated).tobytes(), digest_size=8).digest(), "little")
-    std = measured_grain(photo, face, alpha, matrix, aligned_size) if how.colour_match else 0.0
+    # A face shrunk to the photo keeps its own fine detail; grain is for one pasted at about its
+    # own size or larger, where the generator has nothing finer to give.
+    grained = how.colour_match and pixels_per_photo_pixel(matrix, size, aligned_size) < OVERSAMPLING
+    std = measured_grain(photo, face, alpha, matrix, aligned_size) if grained else 0.0
     return face, alpha, Grain(std, seed)
 
 

@@ -15,6 +15,7 @@ from anonymixer.blending import (
     laplacian_blend,
     match_colour,
     matched_detail,
+    noise_level,
     pixel_noise,
     push_pull,
     seam_correction,
@@ -120,7 +121,7 @@ def test_a_turned_faces_far_side_stops_at_its_far_eye_and_mouth_corner() -> None
     assert torch.equal(far[:, : MASK_SIZE // 2], straight[:, : MASK_SIZE // 2])  # the near side is whole
 
 
-def test_grain_depends_on_the_pixel_alone_and_brings_the_photos_fine_energy() -> None:
+def test_grain_depends_on_the_pixel_alone_and_brings_the_photos_noise() -> None:
     rows, cols = np.mgrid[100:228, 300:428]
     noise = pixel_noise(7, rows, cols)
     assert abs(float(noise.mean())) < 0.05 and float(noise.std()) == pytest.approx(1, abs=0.03)
@@ -129,14 +130,15 @@ def test_grain_depends_on_the_pixel_alone_and_brings_the_photos_fine_energy() ->
     neighbours = np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1]
     assert abs(neighbours) < 0.05  # white: one value per photo pixel
     rng = np.random.default_rng(5)
-    photo = torch.from_numpy(rng.normal(128, 6, (3, 128, 128))).float()  # a grainy photo
+    photo = torch.from_numpy(rng.normal(128, 6, (3, 128, 128))).float()  # a grainy photo: luminance noise 6/√3
+    photo[:, 60:68, 30:98] = 20  # and a dark feature, whose edges are not noise
     smooth = torch.full((3, 128, 128), 140.0) + torch.linspace(0, 20, 128)  # a generated face: no grain
     where = torch.ones(128, 128, dtype=torch.bool)
     std = grain_strength(smooth, photo, where)
+    assert std == pytest.approx(6 / np.sqrt(3), rel=0.1)
     grained = smooth + std * torch.from_numpy(pixel_noise(3, rows, cols))
-    want = float(fine_energy(photo, where, DETAIL_SIGMA))
-    assert float(fine_energy(grained, where, DETAIL_SIGMA)) == pytest.approx(want, rel=0.05)
-    assert grain_strength(photo, smooth, where) == 0  # a face sharper than its photo gets none
+    assert noise_level(grained, where) == pytest.approx(noise_level(photo, where), rel=0.05)
+    assert grain_strength(photo, smooth, where) == 0  # a face noisier than its photo gets none
 
 
 def test_colour_and_seam_bring_the_generated_skin_to_the_photos() -> None:

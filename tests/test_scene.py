@@ -33,6 +33,7 @@ from anonymixer.paste_back import (
     footprint,
     mask_box,
     paste_face,
+    pixels_per_photo_pixel,
     soft_edge,
     strips,
 )
@@ -266,6 +267,17 @@ def test_compose_in_bands_equals_one_pass_over_each_face(
             blur_in_one_pass(expected_blur, other.detection)
     away = mask_alpha(photo.shape, face.matrix, config.face_mask) == 0  # from the pasted face
     assert np.array_equal(result[away], expected_blur[away])
+
+
+def test_grain_only_for_a_face_pasted_at_about_its_own_size(photo: np.ndarray, detector: FaceDetector) -> None:
+    config = SceneConfig(max_faces=1)
+    face = to_protect(plan_faces(photo, detector.detect(photo), KEY, config))[0]
+    upside_down = np.ascontiguousarray(face.aligned[::-1])
+    large = upside_down.repeat(8, 0).repeat(8, 1)  # the same face drawn at 8×: 2048 px
+    args = (face.matrix, config.aligned_size, config.paste_back)
+    assert pixels_per_photo_pixel(face.matrix, large.shape[0], config.aligned_size) >= 2
+    assert blended_face(photo, face.aligned, upside_down, *args)[2].std > 0
+    assert blended_face(photo, face.aligned, large, *args)[2].std == 0  # shrunk: it keeps its own detail
 
 
 def test_a_large_photo_is_never_turned_into_floats(photo: np.ndarray, detector: FaceDetector) -> None:
