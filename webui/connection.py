@@ -4,6 +4,7 @@ It holds no user data, so one instance serves every browser session."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from anonymixer_client import AnonymixerClient, AsyncAnonymixerClient
 
@@ -26,26 +27,20 @@ class Connection:
 
     def async_client(self) -> AsyncAnonymixerClient:
         """A client for one call of one session: cancelling the call's task cancels it on the server."""
-        return AsyncAnonymixerClient(
-            self.url,
-            ssl=self.ssl,
-            root_certificates=self.root_certificates,
-            certificate_chain=self.certificate_chain,
-            private_key=self.private_key,
-            api_key=self.api_key,
-            timeout_s=self.timeout_s,
-            retries=UI_RETRIES,
-        )
+        return AsyncAnonymixerClient(self.url, **self.options(self.timeout_s))
 
     def client(self, timeout_s: float = 10.0) -> AnonymixerClient:
         """A client for the Service tab's quick questions."""
-        return AnonymixerClient(
-            self.url,
-            ssl=self.ssl,
-            root_certificates=self.root_certificates,
-            certificate_chain=self.certificate_chain,
-            private_key=self.private_key,
-            api_key=self.api_key,
-            timeout_s=timeout_s,
-            retries=UI_RETRIES,
-        )
+        return AnonymixerClient(self.url, **self.options(timeout_s))
+
+    def options(self, timeout_s: float) -> dict[str, Any]:
+        """What both clients are made with: TLS, the API key, the deadline and the page's retries."""
+        return {
+            "ssl": self.ssl,
+            "root_certificates": self.root_certificates,
+            "certificate_chain": self.certificate_chain,
+            "private_key": self.private_key,
+            "api_key": self.api_key,
+            "timeout_s": timeout_s,
+            "retries": UI_RETRIES,
+        }
