@@ -158,17 +158,15 @@ def blended_face(
     if how.colour_match:
         face = match_colour(face, generated_small, original_small, region.ring)
         face = face + shading_plane(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
-    behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
-    behind = behind.float()
     scale = pixels_per_photo_pixel(matrix, size, aligned_size)
-    full = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    inside = full > 0.5
     if how.blend == "membrane":
         face = face + seam_correction(resized(face.permute(1, 2, 0), MASK_SIZE), original_small, region.ring, size)
         alpha = region.alpha
     elif how.blend == "laplacian":
+        full = F.interpolate(region.alpha[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        behind = torch.from_numpy(warp_photo(photo, rescaled(matrix, size / aligned_size), size, size)).permute(2, 0, 1)
         levels = max(1, int(np.log2(size / 32)) + 1)  # down to a 32 px face: colour blends over the whole face
-        face = laplacian_blend(matched_detail(face, behind, inside, scale), behind, full, levels)
+        face = laplacian_blend(matched_detail(face, behind.float(), full > 0.5, scale), behind.float(), full, levels)
         # Low bands spread a little past the shared region, but not past the photo's face: beyond
         # its contour the generated skin's colour would glow over the background.
         alpha = gaussian_blur(dilate(region.alpha > 0, SUPPORT).float(), SUPPORT_SOFTNESS) * (bound & region.contour)
@@ -177,7 +175,7 @@ def blended_face(
     seed = int.from_bytes(hashlib.blake2b(np.ascontiguousarray(generated).tobytes(), digest_size=8).digest(), "little")
     # A face shrunk to the photo keeps its own fine detail; grain is for one pasted at about its
     # own size or larger, where the generator has nothing finer to give.
-    grained = how.colour_match and pixels_per_photo_pixel(matrix, size, aligned_size) < OVERSAMPLING
+    grained = how.colour_match and scale < OVERSAMPLING
     std = measured_grain(photo, face, alpha, matrix, aligned_size) if grained else 0.0
     return face, alpha, Grain(std, seed)
 
